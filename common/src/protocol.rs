@@ -1,0 +1,370 @@
+//! Client protocol v1: JSON text frames over `GET /v1/ws`.
+//!
+//! Requests are parsed in two steps so that a malformed request still gets a
+//! reply correlated by its `id`: first the frame must be a JSON object, then
+//! `id` is taken out, then the `op` and its fields are checked. Unknown
+//! fields are ignored (forward compatibility); missing or mistyped ones are
+//! `bad_request`.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::{ChannelName, MessageId};
+
+/// Longest string `id` a client may use to correlate replies.
+pub const MAX_REQUEST_ID_LEN: usize = 64;
+
+/// Stable error codes of protocol v1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    BadRequest,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    NotJoined,
+    RateLimited,
+    TooLarge,
+    ChannelFull,
+    Filtered,
+    Unavailable,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 10] = [
+        ErrorCode::BadRequest,
+        ErrorCode::Unauthorized,
+        ErrorCode::Forbidden,
+        ErrorCode::NotFound,
+        ErrorCode::NotJoined,
+        ErrorCode::RateLimited,
+        ErrorCode::TooLarge,
+        ErrorCode::ChannelFull,
+        ErrorCode::Filtered,
+        ErrorCode::Unavailable,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::NotJoined => "not_joined",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::ChannelFull => "channel_full",
+            ErrorCode::Filtered => "filtered",
+            ErrorCode::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// `{"code": "...", "message": "..."}` in error replies, pushes and REST bodies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ErrorBody {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into() }
+    }
+}
+
+impl std::fmt::Display for ErrorBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code.as_str(), self.message)
+    }
+}
+
+/// A client request, after validation of its shape.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    Join { channel: ChannelName, since: Option<MessageId> },
+    Leave { channel: ChannelName },
+    Publish { channel: ChannelName, text: String, meta: Option<Map<String, Value>> },
+    History { channel: ChannelName, limit: Option<u32>, before: Option<MessageId> },
+    Ping,
+}
+
+impl Request {
+    pub fn op(&self) -> &'static str {
+        match self {
+            Request::Join { .. } => "join",
+            Request::Leave { .. } => "leave",
+            Request::Publish { .. } => "publish",
+            Request::History { .. } => "history",
+            Request::Ping => "ping",
+        }
+    }
+}
+
+/// A request that could not be understood, with the `id` to answer it by
+/// (when the frame had a usable one).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejected {
+    pub id: Option<Value>,
+    pub error: ErrorBody,
+}
+
+/// Parses one text frame into `(id, request)`.
+pub fn parse_request(text: &str) -> Result<(Option<Value>, Request), Rejected> {
+    let value: Value = serde_json::from_str(text).map_err(|e| Rejected {
+        id: None,
+        error: ErrorBody::new(ErrorCode::BadRequest, format!("malformed JSON: {e}")),
+    })?;
+    let Value::Object(mut obj) = value else {
+        return Err(Rejected {
+            id: None,
+            error: ErrorBody::new(ErrorCode::BadRequest, "a request must be a JSON object"),
+        });
+    };
+    let id = match obj.remove("id") {
+        None | Some(Value::Null) => None,
+        Some(v @ Value::Number(_)) => Some(v),
+        Some(Value::String(s)) if s.len() <= MAX_REQUEST_ID_LEN => Some(Value::String(s)),
+        Some(_) => {
+            return Err(Rejected {
+                id: None,
+                error: ErrorBody::new(
+                    ErrorCode::BadRequest,
+                    format!("`id` must be a number or a string of at most {MAX_REQUEST_ID_LEN} bytes"),
+                ),
+            });
+        }
+    };
+    parse_op(&mut obj)
+        .map(|req| (id.clone(), req))
+        .map_err(|message| Rejected { id, error: ErrorBody::new(ErrorCode::BadRequest, message) })
+}
+
+fn parse_op(obj: &mut Map<String, Value>) -> Result<Request, String> {
+    let op = match obj.get("op") {
+        Some(Value::String(op)) => op.clone(),
+        Some(_) => return Err("`op` must be a string".into()),
+        None => return Err("missing field `op`".into()),
+    };
+    match op.as_str() {
+        "join" => Ok(Request::Join { channel: channel(obj)?, since: opt_id(obj, "since")? }),
+        "leave" => Ok(Request::Leave { channel: channel(obj)? }),
+        "publish" => {
+            let channel = channel(obj)?;
+            let text = match obj.remove("text") {
+                Some(Value::String(t)) => t,
+                Some(_) => return Err("`text` must be a string".into()),
+                None => return Err("missing field `text`".into()),
+            };
+            let meta = match obj.remove("meta") {
+                None | Some(Value::Null) => None,
+                Some(Value::Object(m)) => Some(m),
+                Some(_) => return Err("`meta` must be a JSON object".into()),
+            };
+            Ok(Request::Publish { channel, text, meta })
+        }
+        "history" => {
+            let limit = match obj.get("limit") {
+                None | Some(Value::Null) => None,
+                Some(v) => match v.as_u64() {
+                    Some(n) => Some(u32::try_from(n).unwrap_or(u32::MAX)),
+                    None => return Err("`limit` must be a non-negative integer".into()),
+                },
+            };
+            Ok(Request::History { channel: channel(obj)?, limit, before: opt_id(obj, "before")? })
+        }
+        "ping" => Ok(Request::Ping),
+        other => Err(format!(
+            "unknown op {:?}; expected join, leave, publish, history or ping",
+            other.chars().take(32).collect::<String>()
+        )),
+    }
+}
+
+fn channel(obj: &Map<String, Value>) -> Result<ChannelName, String> {
+    match obj.get("channel") {
+        Some(Value::String(s)) => ChannelName::new(s).map_err(|e| e.to_string()),
+        Some(_) => Err("`channel` must be a string".into()),
+        None => Err("missing field `channel`".into()),
+    }
+}
+
+fn opt_id(obj: &Map<String, Value>, field: &str) -> Result<Option<MessageId>, String> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => s.parse().map(Some).map_err(|e| format!("`{field}`: {e}")),
+        Some(_) => Err(format!("`{field}` must be a message id string")),
+    }
+}
+
+/// A chat message as clients see it (push, history item, REST item).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub channel: ChannelName,
+    pub id: MessageId,
+    pub from: String,
+    pub text: String,
+    /// Milliseconds since the Unix epoch when the owner accepted it.
+    pub ts: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta: Option<Map<String, Value>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PresenceEvent {
+    Join,
+    Leave,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Presence {
+    pub channel: ChannelName,
+    pub event: PresenceEvent,
+    pub user: String,
+}
+
+/// The answer to a request that carried an `id`. Only the fields that
+/// belong to the op are present.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Reply {
+    pub id: Value,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorBody>,
+    /// publish: the id the owner assigned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<MessageId>,
+    /// join with `since`: whether every message after `since` was still retained.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovered: Option<bool>,
+    /// join: distinct users in the channel after joining.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub members: Option<usize>,
+    /// history: oldest first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub messages: Option<Vec<ChatMessage>>,
+    /// ping: server time in milliseconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ts: Option<u64>,
+}
+
+impl Reply {
+    pub fn ok(id: Value) -> Self {
+        Self { id, ok: true, ..Self::default() }
+    }
+
+    pub fn error(id: Value, error: ErrorBody) -> Self {
+        Self { id, ok: false, error: Some(error), ..Self::default() }
+    }
+}
+
+/// Everything the server sends, tagged by `op`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum ServerFrame {
+    Reply(Reply),
+    Message(ChatMessage),
+    Presence(Presence),
+    /// An error about a frame that had no `id` to reply to.
+    Error {
+        error: ErrorBody,
+    },
+}
+
+/// WebSocket close codes the server uses.
+pub mod close_code {
+    /// Server shutting down or draining: reconnect (to any node) and recover with `since`.
+    pub const SERVICE_RESTART: u16 = 1012;
+    /// Text frame that is not valid UTF-8.
+    pub const INVALID_PAYLOAD: u16 = 1007;
+    /// Flooding past the rate limits.
+    pub const POLICY_VIOLATION: u16 = 1008;
+    /// Frame larger than `--max-frame-bytes`.
+    pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// Unexpected server error.
+    pub const INTERNAL_ERROR: u16 = 1011;
+    /// No frame and no pong for `--idle-timeout`.
+    pub const IDLE_TIMEOUT: u16 = 4008;
+    /// The client read too slowly and its outbound queue filled up.
+    pub const SLOW_CONSUMER: u16 = 4009;
+    /// Token expired or was revoked mid-session.
+    pub const UNAUTHORIZED: u16 = 4001;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(v: Value) -> Result<(Option<Value>, Request), Rejected> {
+        parse_request(&v.to_string())
+    }
+
+    #[test]
+    fn parses_every_op() {
+        let (id, r) = parse(json!({"op":"join","id":1,"channel":"town-137","since":"5-1"})).unwrap();
+        assert_eq!(id, Some(json!(1)));
+        assert_eq!(
+            r,
+            Request::Join {
+                channel: ChannelName::new("town-137").unwrap(),
+                since: Some(MessageId::new(5, 1))
+            }
+        );
+        assert!(matches!(parse(json!({"op":"leave","channel":"a"})).unwrap().1, Request::Leave { .. }));
+        let (_, r) =
+            parse(json!({"op":"publish","id":"x","channel":"a","text":"hi","meta":{"k":1}})).unwrap();
+        assert!(matches!(r, Request::Publish { meta: Some(_), .. }));
+        let (_, r) = parse(json!({"op":"history","channel":"a","limit":5,"before":"9-0"})).unwrap();
+        assert_eq!(
+            r,
+            Request::History {
+                channel: ChannelName::new("a").unwrap(),
+                limit: Some(5),
+                before: Some(MessageId::new(9, 0))
+            }
+        );
+        assert_eq!(parse(json!({"op":"ping"})).unwrap().1, Request::Ping);
+    }
+
+    #[test]
+    fn malformed_requests_keep_their_id_when_possible() {
+        let e = parse(json!({"op":"publish","id":7,"channel":"bad name","text":"x"})).unwrap_err();
+        assert_eq!(e.id, Some(json!(7)));
+        assert_eq!(e.error.code, ErrorCode::BadRequest);
+        let e = parse(json!({"op":"fly","id":"a"})).unwrap_err();
+        assert_eq!(e.id, Some(json!("a")));
+        let e = parse_request("{not json").unwrap_err();
+        assert_eq!(e.id, None);
+        let e = parse_request("[1,2]").unwrap_err();
+        assert_eq!(e.id, None);
+        let e = parse(json!({"op":"ping","id":{"nested":true}})).unwrap_err();
+        assert_eq!(e.id, None);
+        assert!(parse(json!({"op":"publish","channel":"a","text":1})).is_err());
+        assert!(parse(json!({"op":"publish","channel":"a","text":"x","meta":[1]})).is_err());
+        assert!(parse(json!({"op":"history","channel":"a","limit":-1})).is_err());
+        assert!(parse(json!({"op":"join","channel":"a","since":"yesterday"})).is_err());
+    }
+
+    #[test]
+    fn server_frames_round_trip() {
+        let frame =
+            ServerFrame::Reply(Reply { message_id: Some(MessageId::new(1, 2)), ..Reply::ok(json!(3)) });
+        let text = serde_json::to_string(&frame).unwrap();
+        assert_eq!(text, r#"{"op":"reply","id":3,"ok":true,"message_id":"1-2"}"#);
+        assert_eq!(serde_json::from_str::<ServerFrame>(&text).unwrap(), frame);
+        let err = ServerFrame::Error { error: ErrorBody::new(ErrorCode::TooLarge, "x") };
+        assert_eq!(
+            serde_json::to_string(&err).unwrap(),
+            r#"{"op":"error","error":{"code":"too_large","message":"x"}}"#
+        );
+    }
+
+    #[test]
+    fn error_code_strings_match_serde() {
+        for code in ErrorCode::ALL {
+            assert_eq!(serde_json::to_value(code).unwrap(), json!(code.as_str()));
+        }
+    }
+}

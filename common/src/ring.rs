@@ -1,0 +1,1 @@
+//! Consistent hash ring (to be written: see docs/architecture.md).
