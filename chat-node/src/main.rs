@@ -1,1 +1,30 @@
-fn main() {}
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use chat_node::config::{Config, LogFormat};
+use chat_node::{Node, server};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    init_tracing(config.log_format);
+    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    let node = Node::start(config)?;
+    let addr = listener.local_addr()?;
+    tracing::info!(node_id = %node.node_id, %addr, mode = "embedded", "chat-node listening; open http://{addr}/");
+    if node.config.admin_token.is_none() {
+        tracing::info!("no --admin-token: server-side publishing (POST /v1/channels/{{channel}}/messages) is disabled");
+    }
+    tracing::warn!("dev mode: clients identify with ?user=<id> and are trusted; do not expose this node publicly");
+    server::serve(node, listener, server::termination_signal()).await;
+    Ok(())
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}

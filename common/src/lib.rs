@@ -15,3 +15,4 @@ pub use channel::{ChannelName, InvalidChannelName};
 pub use config::{Access, ChannelConfig, ModerationMode, RateLimit, Retention};
 pub use message_id::{InvalidMessageId, MessageId};
 pub mod ring;
+pub use ring::{DEFAULT_VNODES, Ring, RingError, RingSnapshot};

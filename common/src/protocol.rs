@@ -13,6 +13,16 @@ use crate::{ChannelName, MessageId};
 
 /// Longest string `id` a client may use to correlate replies.
 pub const MAX_REQUEST_ID_LEN: usize = 64;
+/// Longest message text, in characters (Unicode scalar values).
+pub const MAX_TEXT_CHARS: usize = 2_000;
+/// Largest `meta` object, in bytes of compact JSON.
+pub const MAX_META_BYTES: usize = 1_024;
+/// Deepest nesting allowed inside `meta`.
+pub const MAX_META_DEPTH: usize = 8;
+/// `history` without `limit` returns this many messages.
+pub const DEFAULT_HISTORY_LIMIT: usize = 50;
+/// `history` never returns more than this many messages.
+pub const MAX_HISTORY_LIMIT: usize = 1_000;
 
 /// Stable error codes of protocol v1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -1,0 +1,170 @@
+//! Command-line flags of `chat-node`; every flag has a `CHAT_*` environment twin.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use shardchat_common::ModerationMode;
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "chat-node", version, about = "Shardchat node: WebSocket chat gateway and channel owner")]
+pub struct Config {
+    /// Address for WebSocket, REST, the browser page and metrics.
+    #[arg(long, env = "CHAT_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// This node's id in the ring (a pod name). Defaults to $POD_NAME, else the host name.
+    #[arg(long, env = "CHAT_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// Redis URL (redis://host:6379). Absent: embedded single-node mode with in-memory history.
+    #[arg(long, env = "CHAT_REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Declared channels (YAML or JSON list of channel configs) for running without the operator.
+    #[arg(long, env = "CHAT_CHANNELS")]
+    pub channels: Option<PathBuf>,
+
+    /// Whether channels nobody declared are created on first join.
+    #[arg(long, env = "CHAT_DYNAMIC_CHANNELS", value_enum, default_value_t = DynamicChannels::Allow)]
+    pub dynamic_channels: DynamicChannels,
+
+    /// Word-filter mode for channels whose config does not set one.
+    #[arg(long, env = "CHAT_MODERATION", value_enum, default_value_t = ModerationArg::Mask)]
+    pub moderation: ModerationArg,
+
+    /// Bearer token that authorizes server-side publishing (`POST /v1/channels/{channel}/messages`).
+    /// Without it that endpoint refuses every request.
+    #[arg(long, env = "CHAT_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// Interval between server pings on each WebSocket.
+    #[arg(long, env = "CHAT_PING_INTERVAL", value_parser = parse_duration, default_value = "20s")]
+    pub ping_interval: Duration,
+
+    /// Close a connection after this long without any frame or pong from the client.
+    #[arg(long, env = "CHAT_IDLE_TIMEOUT", value_parser = parse_duration, default_value = "60s")]
+    pub idle_timeout: Duration,
+
+    /// Largest WebSocket frame/message accepted from a client; larger closes with 1009.
+    #[arg(long, env = "CHAT_MAX_FRAME_BYTES", default_value_t = 16 * 1024)]
+    pub max_frame_bytes: usize,
+
+    /// Frames queued towards one client before it counts as a slow consumer and is closed (4009).
+    #[arg(long, env = "CHAT_OUTBOUND_QUEUE", default_value_t = 1024)]
+    pub outbound_queue: usize,
+
+    /// On SIGTERM: how long to wait for clients to go after sending them close 1012.
+    #[arg(long, env = "CHAT_SHUTDOWN_GRACE", value_parser = parse_duration, default_value = "10s")]
+    pub shutdown_grace: Duration,
+
+    /// Publishes per second one connection may make (token bucket rate).
+    #[arg(long, env = "CHAT_PUBLISH_RATE", default_value_t = 10)]
+    pub publish_rate: u32,
+
+    /// Publishes one connection may make in a burst (token bucket size).
+    #[arg(long, env = "CHAT_PUBLISH_BURST", default_value_t = 20)]
+    pub publish_burst: u32,
+
+    /// Frames of any kind per second one connection may send (token bucket rate; burst is twice this).
+    #[arg(long, env = "CHAT_FRAME_RATE", default_value_t = 100)]
+    pub frame_rate: u32,
+
+    /// Close a connection (1008) after this many rate-limited requests within 10 seconds.
+    #[arg(long, env = "CHAT_FLOOD_CLOSE_AFTER", default_value_t = 50)]
+    pub flood_close_after: u32,
+
+    /// Channels one connection may be joined to at once.
+    #[arg(long, env = "CHAT_MAX_CHANNELS_PER_CONNECTION", default_value_t = 64)]
+    pub max_channels_per_connection: usize,
+
+    /// Distinct users per channel when its config does not say.
+    #[arg(long, env = "CHAT_MAX_MEMBERS", default_value_t = 10_000)]
+    pub max_members: u32,
+
+    /// Log format.
+    #[arg(long, env = "CHAT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DynamicChannels {
+    Allow,
+    Deny,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ModerationArg {
+    Off,
+    Mask,
+    Reject,
+}
+
+impl From<ModerationArg> for ModerationMode {
+    fn from(m: ModerationArg) -> Self {
+        match m {
+            ModerationArg::Off => ModerationMode::Off,
+            ModerationArg::Mask => ModerationMode::Mask,
+            ModerationArg::Reject => ModerationMode::Reject,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Config {
+    /// The node id: `--node-id`, else `$POD_NAME`, else the host name, else `chat-node`.
+    pub fn resolved_node_id(&self) -> String {
+        self.node_id
+            .clone()
+            .or_else(|| std::env::var("POD_NAME").ok())
+            .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|s| s.trim().to_string()))
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "chat-node".to_string())
+    }
+}
+
+/// Parses `250ms`, `20s`, `5m`, `1h` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?}: expected e.g. 250ms, 20s, 5m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "" | "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!("invalid duration unit in {s:?}: use ms, s, m or h")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("20s"), Ok(Duration::from_secs(20)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("x").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn defaults_match_the_documented_ones() {
+        let c = Config::parse_from(["chat-node"]);
+        assert_eq!(c.listen.port(), 8080);
+        assert_eq!(c.ping_interval, Duration::from_secs(20));
+        assert_eq!(c.idle_timeout, Duration::from_secs(60));
+        assert_eq!(c.max_frame_bytes, 16 * 1024);
+        assert!(c.redis_url.is_none());
+    }
+}

@@ -1,0 +1,228 @@
+//! The edge side of fan-out: which local connections are in which channel,
+//! and delivery of sequenced events to them.
+//!
+//! Each subscriber is in one of two states. While a join is in progress it
+//! is *recovering*: live events are buffered while the node reads the
+//! backlog from history. `activate` then queues the join reply, the backlog
+//! and the buffered events (skipping ids already sent) and makes it *live*.
+//! A live subscriber only receives messages with an id greater than the last
+//! one it got, so every member sees each message exactly once, in id order,
+//! with no gap between recovered and live messages.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use axum::extract::ws::Utf8Bytes;
+use shardchat_common::protocol::{Presence, PresenceEvent, ServerFrame};
+use shardchat_common::{ChannelName, MessageId};
+
+use crate::clock::now_micros;
+use crate::history::StoredMessage;
+use crate::metrics::Metrics;
+use crate::session::outbound::{Outbound, SessionHandle};
+
+/// A sequenced event of one channel, as it reaches the edge.
+#[derive(Debug, Clone)]
+pub enum Event {
+    Message(Arc<StoredMessage>),
+    Presence(Arc<PresenceFrame>),
+}
+
+#[derive(Debug)]
+pub struct PresenceFrame {
+    pub presence: Presence,
+    pub push: Utf8Bytes,
+}
+
+impl PresenceFrame {
+    pub fn new(channel: ChannelName, event: PresenceEvent, user: &str) -> Arc<Self> {
+        let presence = Presence { channel, event, user: user.to_string() };
+        let push = serde_json::to_string(&ServerFrame::Presence(presence.clone())).unwrap_or_default();
+        Arc::new(Self { presence, push: Utf8Bytes::from(push) })
+    }
+}
+
+enum SubState {
+    Recovering { buffered: Vec<Event> },
+    Live { last: Option<MessageId> },
+}
+
+struct Subscriber {
+    handle: SessionHandle,
+    state: SubState,
+}
+
+#[derive(Default)]
+struct LocalChannel {
+    subscribers: HashMap<u64, Subscriber>,
+    /// Local connections per user, for user-level presence.
+    users: HashMap<Arc<str>, u32>,
+}
+
+pub struct Hub {
+    channels: RwLock<HashMap<ChannelName, Arc<Mutex<LocalChannel>>>>,
+    metrics: Arc<Metrics>,
+    /// Events a recovering subscriber may buffer before it counts as a slow consumer.
+    max_buffered: usize,
+}
+
+/// What `subscribe` / `unsubscribe` tell the caller about the user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserChange {
+    /// The user's first connection in the channel on this node joined,
+    /// or its last one left.
+    pub first_or_last: bool,
+}
+
+impl Hub {
+    pub fn new(metrics: Arc<Metrics>, max_buffered: usize) -> Self {
+        Self { channels: RwLock::new(HashMap::new()), metrics, max_buffered }
+    }
+
+    fn channel(&self, name: &ChannelName) -> Option<Arc<Mutex<LocalChannel>>> {
+        self.channels.read().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
+    }
+
+    fn channel_or_create(&self, name: &ChannelName) -> Arc<Mutex<LocalChannel>> {
+        if let Some(c) = self.channel(name) {
+            return c;
+        }
+        self.channels.write().unwrap_or_else(|p| p.into_inner()).entry(name.clone()).or_default().clone()
+    }
+
+    /// Registers `handle` in `channel`, buffering live events until `activate`.
+    pub fn subscribe(&self, channel: &ChannelName, handle: &SessionHandle) -> UserChange {
+        let ch = self.channel_or_create(channel);
+        let mut ch = ch.lock().unwrap_or_else(|p| p.into_inner());
+        ch.subscribers.insert(
+            handle.id,
+            Subscriber { handle: handle.clone(), state: SubState::Recovering { buffered: Vec::new() } },
+        );
+        let count = ch.users.entry(handle.user.clone()).or_insert(0);
+        *count += 1;
+        UserChange { first_or_last: *count == 1 }
+    }
+
+    /// Queues `reply` (if any), then `backlog` (ids after `since`), then the
+    /// events buffered since `subscribe`, and makes the subscriber live.
+    pub fn activate(
+        &self,
+        channel: &ChannelName,
+        session_id: u64,
+        reply: Option<Utf8Bytes>,
+        since: Option<MessageId>,
+        backlog: Vec<Arc<StoredMessage>>,
+    ) {
+        let Some(ch) = self.channel(channel) else { return };
+        let mut ch = ch.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(sub) = ch.subscribers.get_mut(&session_id) else { return };
+        let buffered = match &mut sub.state {
+            SubState::Recovering { buffered } => std::mem::take(buffered),
+            SubState::Live { .. } => return,
+        };
+        let mut last = since;
+        let mut frames: Vec<Utf8Bytes> = Vec::with_capacity(1 + backlog.len() + buffered.len());
+        frames.extend(reply);
+        let mut delivered = 0;
+        let messages = backlog.into_iter().map(Event::Message).chain(buffered);
+        for event in messages {
+            if let Some(frame) = admit(&mut last, &event) {
+                delivered += matches!(event, Event::Message(_)) as u64;
+                frames.push(frame);
+            }
+        }
+        sub.state = SubState::Live { last };
+        if sub.handle.send(Outbound::Batch(frames)) {
+            self.metrics.delivered.inc_by(delivered);
+        }
+    }
+
+    /// Removes the subscriber; tells whether it was the user's last local connection.
+    pub fn unsubscribe(&self, channel: &ChannelName, handle: &SessionHandle) -> UserChange {
+        let Some(ch_arc) = self.channel(channel) else { return UserChange { first_or_last: false } };
+        let mut ch = ch_arc.lock().unwrap_or_else(|p| p.into_inner());
+        if ch.subscribers.remove(&handle.id).is_none() {
+            return UserChange { first_or_last: false };
+        }
+        let last = match ch.users.get_mut(&handle.user) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                false
+            }
+            Some(_) => {
+                ch.users.remove(&handle.user);
+                true
+            }
+            None => false,
+        };
+        let empty = ch.subscribers.is_empty();
+        drop(ch);
+        if empty {
+            let mut channels = self.channels.write().unwrap_or_else(|p| p.into_inner());
+            // Re-check under the write lock: someone may have joined meanwhile.
+            if channels.get(channel).is_some_and(|c| c.lock().unwrap_or_else(|p| p.into_inner()).subscribers.is_empty())
+            {
+                channels.remove(channel);
+            }
+        }
+        UserChange { first_or_last: last }
+    }
+
+    /// Delivers one sequenced event to every local subscriber of `channel`.
+    pub fn deliver(&self, channel: &ChannelName, event: Event) {
+        let Some(ch) = self.channel(channel) else { return };
+        if let Event::Message(m) = &event {
+            let micros = now_micros().saturating_sub(m.accepted_at_micros);
+            self.metrics.publish_to_deliver.observe(micros as f64 / 1e6);
+        }
+        let mut ch = ch.lock().unwrap_or_else(|p| p.into_inner());
+        let mut delivered = 0;
+        for sub in ch.subscribers.values_mut() {
+            match &mut sub.state {
+                SubState::Recovering { buffered } => {
+                    if buffered.len() >= self.max_buffered {
+                        sub.handle.close(crate::session::outbound::CloseReason::SLOW_CONSUMER);
+                    } else {
+                        buffered.push(event.clone());
+                    }
+                }
+                SubState::Live { last } => {
+                    if let Some(frame) = admit(last, &event)
+                        && sub.handle.send(Outbound::Frame(frame))
+                    {
+                        delivered += matches!(event, Event::Message(_)) as u64;
+                    }
+                }
+            }
+        }
+        self.metrics.delivered.inc_by(delivered);
+    }
+
+    /// Channels with at least one local subscriber.
+    pub fn channels(&self) -> Vec<ChannelName> {
+        self.channels.read().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect()
+    }
+
+    /// Distinct users connected to this node in `channel`.
+    pub fn local_users(&self, channel: &ChannelName) -> Vec<String> {
+        match self.channel(channel) {
+            Some(ch) => ch.lock().unwrap_or_else(|p| p.into_inner()).users.keys().map(|u| u.to_string()).collect(),
+            None => Vec::new(),
+        }
+    }
+}
+
+/// The frame to send for `event` to a subscriber whose last message id is
+/// `last`, advancing `last`; `None` for a message already delivered.
+fn admit(last: &mut Option<MessageId>, event: &Event) -> Option<Utf8Bytes> {
+    match event {
+        Event::Message(m) => {
+            if last.is_some_and(|l| m.id() <= l) {
+                return None;
+            }
+            *last = Some(m.id());
+            Some(m.push.clone())
+        }
+        Event::Presence(p) => Some(p.push.clone()),
+    }
+}

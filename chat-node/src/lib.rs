@@ -1,0 +1,25 @@
+//! chat-node: the Shardchat node. Every node is an edge (it holds client
+//! WebSockets) and the owner of the channels the ring gives it.
+//!
+//! Layout: `http` (routes) → `session` (one connection, one file per op) →
+//! `cluster` (edge → owner calls) → `owner` (sequencing, membership) →
+//! `history` (storage) and `hub` (local fan-out).
+
+pub mod clock;
+pub mod cluster;
+pub mod config;
+pub mod directory;
+pub mod error;
+pub mod history;
+pub mod http;
+pub mod hub;
+pub mod lifecycle;
+pub mod metrics;
+pub mod moderation;
+pub mod node;
+pub mod owner;
+pub mod server;
+pub mod session;
+
+pub use config::Config;
+pub use node::Node;

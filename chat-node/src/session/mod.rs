@@ -1,0 +1,233 @@
+//! One client WebSocket connection: a reader that parses and handles
+//! requests, and a writer that drains the connection's bounded outbound
+//! queue, sends pings and the final close frame.
+
+pub mod identity;
+mod limits;
+mod ops;
+pub mod outbound;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use shardchat_common::ChannelName;
+use shardchat_common::protocol::{ErrorBody, ErrorCode, Reply, ServerFrame, parse_request};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::error::ChatError;
+use crate::node::Node;
+pub use identity::Identity;
+pub(crate) use ops::{check_content, clamp_limit};
+use limits::ConnectionLimits;
+use outbound::{CloseReason, CloseSignal, Outbound, SessionHandle};
+
+/// State of one connection, owned by its reader.
+pub struct Session {
+    node: Arc<Node>,
+    handle: SessionHandle,
+    identity: Identity,
+    joined: HashSet<ChannelName>,
+    limits: ConnectionLimits,
+}
+
+/// Runs the connection until it closes, then removes it from every channel.
+pub async fn run(node: Arc<Node>, socket: WebSocket, identity: Identity) {
+    let id = node.next_session_id();
+    let span = tracing::info_span!("session", session = id, user = %identity.user);
+    async move {
+        let _guard = node.lifecycle.session();
+        node.metrics.connections.inc();
+        node.metrics.connections_total.inc();
+        let (handle, rx, close) = SessionHandle::new(id, identity.user.clone(), node.config.outbound_queue);
+        let (sink, stream) = socket.split();
+        let writer = tokio::spawn(
+            write_loop(sink, rx, close.clone(), node.config.ping_interval, node.config.idle_timeout)
+                .in_current_span(),
+        );
+        let limits = ConnectionLimits::new(&node.config);
+        let mut session = Session { node: node.clone(), handle, identity, joined: HashSet::new(), limits };
+        tracing::debug!("connected");
+        session.read_loop(stream, &close).await;
+        session.leave_all().await;
+        let reason = close.reason();
+        // Let the writer send the close frame, then make sure it is gone.
+        let mut writer = writer;
+        if reason.is_some() {
+            if tokio::time::timeout(Duration::from_secs(2), &mut writer).await.is_err() {
+                writer.abort();
+            }
+        } else {
+            writer.abort();
+        }
+        let label = reason.map(|r| r.label()).unwrap_or("client");
+        if reason == Some(CloseReason::SLOW_CONSUMER) {
+            node.metrics.slow_consumer_disconnects.inc();
+        }
+        node.metrics.disconnects.with_label_values(&[label]).inc();
+        node.metrics.connections.dec();
+        tracing::debug!(reason = label, "disconnected");
+    }
+    .instrument(span)
+    .await
+}
+
+impl Session {
+    async fn read_loop(&mut self, mut stream: SplitStream<WebSocket>, close: &CloseSignal) {
+        let idle_timeout = self.node.config.idle_timeout;
+        let mut last_seen = Instant::now();
+        let mut idle_check = tokio::time::interval(idle_timeout.min(Duration::from_secs(1)).max(Duration::from_millis(50)));
+        let mut drain = self.node.lifecycle.drain_signal();
+        if *drain.borrow_and_update() {
+            self.handle.close(CloseReason::SHUTDOWN);
+        }
+        loop {
+            tokio::select! {
+                _ = close.closed() => return,
+                Ok(()) = drain.changed() => self.handle.close(CloseReason::SHUTDOWN),
+                _ = idle_check.tick() => {
+                    if last_seen.elapsed() >= idle_timeout {
+                        self.handle.close(CloseReason::IDLE);
+                    }
+                }
+                frame = stream.next() => {
+                    let Some(frame) = frame else { return };
+                    last_seen = Instant::now();
+                    match frame {
+                        Ok(Message::Text(text)) => self.handle_text(&text).await,
+                        Ok(Message::Binary(_)) => self.send_error(
+                            None,
+                            ChatError::bad_request("binary frames are not supported; send JSON text frames"),
+                        ),
+                        Ok(Message::Ping(_) | Message::Pong(_)) => {}
+                        Ok(Message::Close(_)) => return,
+                        Err(e) => {
+                            match classify(e) {
+                                Some(reason) => self.handle.close(reason),
+                                None => return,
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn handle_text(&mut self, text: &str) {
+        let (id, request) = match parse_request(text) {
+            Ok(parsed) => parsed,
+            Err(rejected) => return self.send_error(rejected.id, rejected.error.into()),
+        };
+        if let Err(e) = self.limits.admit_frame() {
+            return self.rate_limited(id, e);
+        }
+        let op = request.op();
+        let span = tracing::debug_span!("request", op, id = ?id);
+        let result = ops::handle(self, id.clone(), request).instrument(span).await;
+        match result {
+            Ok(Some(reply)) => self.send_frame(&ServerFrame::Reply(reply)),
+            Ok(None) => {}
+            Err(e) if e.code == ErrorCode::RateLimited => self.rate_limited(id, e),
+            Err(e) => self.send_error(id, e),
+        }
+    }
+
+    fn rate_limited(&mut self, id: Option<Value>, e: ChatError) {
+        self.send_error(id, e);
+        if self.limits.strike() {
+            tracing::info!("closing a connection that keeps flooding");
+            self.handle.close(CloseReason::FLOOD);
+        }
+    }
+
+    fn send_error(&self, id: Option<Value>, error: ChatError) {
+        self.node.metrics.error(error.code);
+        let body: ErrorBody = error.body();
+        let frame = match id {
+            Some(id) => ServerFrame::Reply(Reply::error(id, body)),
+            None => ServerFrame::Error { error: body },
+        };
+        self.send_frame(&frame);
+    }
+
+    fn send_frame(&self, frame: &ServerFrame) {
+        self.handle.send(Outbound::Frame(encode(frame)));
+    }
+
+    /// Leaves every joined channel (disconnect cleanup), emitting presence.
+    async fn leave_all(&mut self) {
+        for channel in std::mem::take(&mut self.joined) {
+            ops::leave::detach(self, &channel).await;
+        }
+    }
+}
+
+pub(crate) fn encode(frame: &ServerFrame) -> Utf8Bytes {
+    Utf8Bytes::from(serde_json::to_string(frame).unwrap_or_default())
+}
+
+/// Maps a WebSocket read error to the close the server should send, or
+/// `None` when the connection is simply gone.
+fn classify(e: axum::Error) -> Option<CloseReason> {
+    match e.into_inner().downcast::<tungstenite::Error>() {
+        Ok(err) => match *err {
+            tungstenite::Error::Capacity(_) => Some(CloseReason::TOO_BIG),
+            tungstenite::Error::Utf8(_) => Some(CloseReason::BAD_UTF8),
+            _ => None,
+        },
+        Err(_) => None,
+    }
+}
+
+async fn write_loop(
+    mut sink: SplitSink<WebSocket, Message>,
+    mut rx: mpsc::Receiver<Outbound>,
+    close: Arc<CloseSignal>,
+    ping_interval: Duration,
+    write_timeout: Duration,
+) {
+    let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
+    loop {
+        let result = tokio::select! {
+            biased;
+            reason = close.closed() => {
+                let frame = CloseFrame { code: reason.code, reason: Utf8Bytes::from_static(reason.reason) };
+                let _ = tokio::time::timeout(write_timeout, sink.send(Message::Close(Some(frame)))).await;
+                return;
+            }
+            item = rx.recv() => match item {
+                Some(Outbound::Frame(f)) => tokio::time::timeout(write_timeout, sink.send(Message::Text(f))).await,
+                Some(Outbound::Batch(frames)) => {
+                    tokio::time::timeout(write_timeout, async {
+                        for f in frames {
+                            sink.feed(Message::Text(f)).await?;
+                        }
+                        sink.flush().await
+                    })
+                    .await
+                }
+                None => return,
+            },
+            _ = ping.tick() => tokio::time::timeout(write_timeout, sink.send(Message::Ping(Default::default()))).await,
+        };
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "write failed; peer gone");
+                close.close(CloseReason::PEER_GONE);
+                return;
+            }
+            Err(_) => {
+                tracing::debug!("write timed out; peer not reading");
+                close.close(CloseReason::PEER_GONE);
+                return;
+            }
+        }
+    }
+}

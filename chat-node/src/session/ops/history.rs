@@ -1,0 +1,26 @@
+//! `history`: the newest `limit` messages (before `before`), oldest first.
+
+use serde_json::Value;
+use shardchat_common::protocol::{DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT, Reply};
+use shardchat_common::{ChannelName, MessageId};
+
+use super::readable_config;
+use crate::error::ChatResult;
+use crate::session::Session;
+
+pub async fn handle(
+    session: &Session,
+    channel: ChannelName,
+    limit: Option<u32>,
+    before: Option<MessageId>,
+) -> ChatResult<Reply> {
+    readable_config(session, &channel)?;
+    let limit = clamp_limit(limit);
+    let messages = session.node.history.latest(&channel, limit, before).await?;
+    Ok(Reply { messages: Some(messages.iter().map(|m| m.message.clone()).collect()), ..Reply::ok(Value::Null) })
+}
+
+/// `limit` defaults to 50 and is capped at 1,000.
+pub fn clamp_limit(limit: Option<u32>) -> usize {
+    limit.map(|l| l as usize).unwrap_or(DEFAULT_HISTORY_LIMIT).min(MAX_HISTORY_LIMIT)
+}

@@ -1,0 +1,57 @@
+//! `join`: subscribe locally, register with the owner (presence, member
+//! limit), recover from `since` when asked, then go live — in an order that
+//! leaves no gap and no duplicate (see `hub.rs`).
+
+use serde_json::Value;
+use shardchat_common::protocol::{Reply, ServerFrame};
+use shardchat_common::{ChannelName, MessageId};
+
+use super::readable_config;
+use crate::error::{ChatError, ChatResult};
+use crate::session::{Session, encode};
+
+pub async fn handle(
+    session: &mut Session,
+    id: Option<Value>,
+    channel: ChannelName,
+    since: Option<MessageId>,
+) -> ChatResult<()> {
+    readable_config(session, &channel)?;
+    if session.joined.contains(&channel) {
+        if let Some(id) = id {
+            session.send_frame(&ServerFrame::Reply(Reply::ok(id)));
+        }
+        return Ok(());
+    }
+    let max = session.node.config.max_channels_per_connection;
+    if session.joined.len() >= max {
+        return Err(ChatError::bad_request(format!("a connection may join at most {max} channels")));
+    }
+    let node = session.node.clone();
+    node.hub.subscribe(&channel, &session.handle);
+    // Joins are idempotent per (user, node) at the owner, so every join asks;
+    // only the user's last local leave tells the owner (see leave.rs).
+    let members = match node.cluster.join(&channel, &session.identity.user).await {
+        Ok(n) => n,
+        Err(e) => {
+            node.hub.unsubscribe(&channel, &session.handle);
+            return Err(e);
+        }
+    };
+    session.joined.insert(channel.clone());
+    let (backlog, recovered) = match since {
+        Some(since) => match node.history.after(&channel, since).await {
+            Ok(r) => (r.messages, Some(r.complete)),
+            Err(e) => {
+                session.joined.remove(&channel);
+                super::leave::detach(session, &channel).await;
+                return Err(e);
+            }
+        },
+        None => (Vec::new(), None),
+    };
+    let reply = id.map(|id| encode(&ServerFrame::Reply(Reply { recovered, members: Some(members), ..Reply::ok(id) })));
+    node.hub.activate(&channel, session.handle.id, reply, since, backlog);
+    node.metrics.joins.inc();
+    Ok(())
+}

@@ -1,0 +1,40 @@
+//! One file per request op, as the protocol lists them.
+
+mod history;
+mod join;
+pub mod leave;
+mod ping;
+mod publish;
+
+pub use history::clamp_limit;
+pub use publish::check_content;
+use serde_json::Value;
+use shardchat_common::protocol::{Reply, Request};
+use std::sync::Arc;
+
+use super::Session;
+use crate::error::{ChatError, ChatResult};
+use shardchat_common::ChannelConfig;
+use shardchat_common::ChannelName;
+
+/// Handles one request. `Ok(None)` means nothing (more) to send: either the
+/// request had no `id`, or the op queued its own reply.
+pub async fn handle(session: &mut Session, id: Option<Value>, request: Request) -> ChatResult<Option<Reply>> {
+    let reply = match request {
+        Request::Join { channel, since } => return join::handle(session, id, channel, since).await.map(|()| None),
+        Request::Leave { channel } => leave::handle(session, channel).await?,
+        Request::Publish { channel, text, meta } => publish::handle(session, channel, text, meta).await?,
+        Request::History { channel, limit, before } => history::handle(session, channel, limit, before).await?,
+        Request::Ping => ping::handle(),
+    };
+    Ok(id.map(|id| Reply { id, ..reply }))
+}
+
+/// The channel's config, if this connection may read it (join access).
+fn readable_config(session: &Session, channel: &ChannelName) -> ChatResult<Arc<ChannelConfig>> {
+    let config = session.node.directory.resolve(channel)?;
+    if !config.access.may_join(&session.identity.roles) {
+        return Err(ChatError::forbidden(format!("your roles do not allow joining {channel}")));
+    }
+    Ok(config)
+}

@@ -1,0 +1,87 @@
+//! `publish`: checks the sender's side of the rules, then hands the message
+//! to the channel owner, which moderates, sequences and fans it out.
+
+use serde_json::{Map, Value};
+use shardchat_common::ChannelName;
+use shardchat_common::protocol::{ErrorCode, MAX_META_BYTES, MAX_META_DEPTH, MAX_TEXT_CHARS, Reply};
+
+use crate::error::{ChatError, ChatResult};
+use crate::owner::PublishRequest;
+use crate::session::Session;
+
+pub async fn handle(
+    session: &mut Session,
+    channel: ChannelName,
+    text: String,
+    meta: Option<Map<String, Value>>,
+) -> ChatResult<Reply> {
+    if !session.joined.contains(&channel) {
+        return Err(ChatError::new(ErrorCode::NotJoined, format!("join {channel} before publishing to it")));
+    }
+    let config = session.node.directory.resolve(&channel)?;
+    if !config.access.may_publish(&session.identity.roles) {
+        return Err(ChatError::forbidden(format!("your roles do not allow publishing to {channel}")));
+    }
+    check_content(&text, meta.as_ref())?;
+    session.limits.admit_publish()?;
+    let req = PublishRequest { channel, from: session.identity.user.clone(), text, meta };
+    let id = session.node.cluster.publish(req).await?;
+    Ok(Reply { message_id: Some(id), ..Reply::ok(Value::Null) })
+}
+
+/// Size and shape rules for a message, shared by WebSocket and REST publishing.
+pub fn check_content(text: &str, meta: Option<&Map<String, Value>>) -> ChatResult<()> {
+    if text.is_empty() {
+        return Err(ChatError::bad_request("`text` must not be empty"));
+    }
+    let chars = text.chars().count();
+    if chars > MAX_TEXT_CHARS {
+        return Err(ChatError::new(
+            ErrorCode::TooLarge,
+            format!("text has {chars} characters; the limit is {MAX_TEXT_CHARS}"),
+        ));
+    }
+    if let Some(meta) = meta {
+        if depth(meta) > MAX_META_DEPTH {
+            return Err(ChatError::bad_request(format!("`meta` is nested deeper than {MAX_META_DEPTH} levels")));
+        }
+        let size = serde_json::to_vec(meta).map(|v| v.len()).unwrap_or(usize::MAX);
+        if size > MAX_META_BYTES {
+            return Err(ChatError::new(
+                ErrorCode::TooLarge,
+                format!("meta is {size} bytes as JSON; the limit is {MAX_META_BYTES}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn depth(map: &Map<String, Value>) -> usize {
+    fn value_depth(v: &Value) -> usize {
+        match v {
+            Value::Object(m) => depth(m),
+            Value::Array(a) => 1 + a.iter().map(value_depth).max().unwrap_or(0),
+            _ => 0,
+        }
+    }
+    1 + map.values().map(value_depth).max().unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn content_rules() {
+        assert!(check_content("hi", None).is_ok());
+        assert_eq!(check_content("", None).unwrap_err().code, ErrorCode::BadRequest);
+        assert!(check_content(&"가".repeat(2000), None).is_ok());
+        assert_eq!(check_content(&"가".repeat(2001), None).unwrap_err().code, ErrorCode::TooLarge);
+        let big = json!({"k": "x".repeat(1100)});
+        assert_eq!(check_content("hi", big.as_object()).unwrap_err().code, ErrorCode::TooLarge);
+        let deep = json!({"a":{"b":{"c":{"d":{"e":{"f":{"g":{"h":{"i":1}}}}}}}}});
+        assert_eq!(check_content("hi", deep.as_object()).unwrap_err().code, ErrorCode::BadRequest);
+        assert!(check_content("hi", json!({"a":{"b":[1,2]}}).as_object()).is_ok());
+    }
+}
