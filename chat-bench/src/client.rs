@@ -1,0 +1,555 @@
+//! One client connection: connect, join its channel, publish on schedule
+//! (if it is a publisher), account for everything it receives, and hand
+//! back a [`ConnOutcome`] at the end.
+//!
+//! [`Conn`] holds the per-connection state and classifies frames (no I/O,
+//! unit-tested); [`run_connection`] drives the socket.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use shardchat_common::ChannelName;
+use shardchat_common::protocol::{ChatMessage, Reply, ServerFrame};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::time::{Instant, sleep_until, timeout, timeout_at};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::{HeaderValue, header::AUTHORIZATION};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+use crate::latency::ShardedHistogram;
+use crate::meta::BenchMeta;
+use crate::plan::Plan;
+use crate::tracker::{MemberLog, Origin, PublishOutcome, PublisherLog};
+
+/// Request id of the join; publishes use their sequence number.
+const JOIN_ID: &str = "join";
+/// Close-code key for a connection that ended without a close frame.
+pub const ABNORMAL: &str = "1006";
+
+/// Everything the connection tasks share.
+pub struct Shared {
+    pub plan: Plan,
+    /// `plan.channel_name(k)` for every channel.
+    pub channel_names: Vec<ChannelName>,
+    pub token: Option<String>,
+    /// Origin of the `t` stamps (see [`crate::meta`]).
+    pub epoch: Instant,
+    pub latency: ShardedHistogram,
+    pub send_lag: ShardedHistogram,
+    /// Bounds how many connections are being set up at once.
+    pub setup_gate: Semaphore,
+    pub connect_timeout: Duration,
+    pub text: String,
+}
+
+/// When the run's phases end, fixed once every connection is set up.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeline {
+    /// First publish due.
+    pub t0: Instant,
+    /// Stop reading and close (end of the drain).
+    pub end: Instant,
+}
+
+/// How far a connection got through setup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stage {
+    ConnectFailed(String),
+    JoinFailed(String),
+    Joined,
+}
+
+/// What one connection reports at the end.
+#[derive(Debug)]
+pub struct ConnOutcome {
+    pub index: usize,
+    pub channel: usize,
+    pub stage: Stage,
+    /// Set when the connection ended before the run did: close code (as a
+    /// string) or [`ABNORMAL`].
+    pub closed_early: Option<String>,
+    pub member: MemberLog,
+    pub publisher: Option<PublisherLog>,
+    /// Scheduled publishes never sent (setup failed or connection gone).
+    pub not_sent: u64,
+    /// Error replies and error pushes, by code.
+    pub errors: BTreeMap<String, u64>,
+    pub presence: u64,
+    /// Frames that break the protocol: unparsable, binary, replies to
+    /// unknown ids, messages for a channel not joined, ok replies to a
+    /// publish without a message id.
+    pub protocol_violations: u64,
+    pub last_delivery: Option<Instant>,
+}
+
+/// Join status while setting up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Join {
+    Pending,
+    Done,
+    Failed(String),
+}
+
+/// Per-connection state and frame classification.
+pub struct Conn {
+    shared: Arc<Shared>,
+    index: usize,
+    channel_idx: usize,
+    channel: ChannelName,
+    join: Join,
+    member: MemberLog,
+    publisher: Option<PublisherLog>,
+    errors: BTreeMap<String, u64>,
+    presence: u64,
+    protocol_violations: u64,
+    last_delivery: Option<Instant>,
+}
+
+/// Whether to keep reading after a frame.
+#[derive(Debug, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Closed(String),
+}
+
+impl Conn {
+    pub fn new(shared: Arc<Shared>, index: usize) -> Self {
+        let plan = &shared.plan;
+        let channel_idx = plan.channel_of(index);
+        let channel = shared.channel_names[channel_idx].clone();
+        let member = MemberLog::new(plan.publishers_per_channel, plan.max_seq());
+        let publisher = plan.publisher_slot(index).map(|_| PublisherLog::new());
+        Self {
+            index,
+            channel_idx,
+            channel,
+            join: Join::Pending,
+            member,
+            publisher,
+            errors: BTreeMap::new(),
+            presence: 0,
+            protocol_violations: 0,
+            last_delivery: None,
+            shared,
+        }
+    }
+
+    fn on_ws_message(&mut self, msg: Message, now: Instant) -> Flow {
+        match msg {
+            Message::Text(text) => {
+                self.on_text(text.as_str(), now);
+                Flow::Continue
+            }
+            Message::Close(frame) => Flow::Closed(match frame {
+                Some(f) => u16::from(f.code).to_string(),
+                None => "1005".to_string(),
+            }),
+            Message::Binary(_) => {
+                self.protocol_violations += 1;
+                Flow::Continue
+            }
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Flow::Continue,
+        }
+    }
+
+    fn on_text(&mut self, text: &str, now: Instant) {
+        match serde_json::from_str::<ServerFrame>(text) {
+            Ok(ServerFrame::Message(m)) => self.on_chat_message(m, now),
+            Ok(ServerFrame::Reply(r)) => self.on_reply(r),
+            Ok(ServerFrame::Presence(_)) => self.presence += 1,
+            Ok(ServerFrame::Error { error }) => self.count_error(error.code.as_str()),
+            Err(_) => self.protocol_violations += 1,
+        }
+    }
+
+    fn count_error(&mut self, code: &str) {
+        *self.errors.entry(code.to_string()).or_default() += 1;
+    }
+
+    fn on_chat_message(&mut self, m: ChatMessage, now: Instant) {
+        if m.channel != self.channel {
+            self.protocol_violations += 1;
+            return;
+        }
+        let stamp = BenchMeta::from_meta(m.meta.as_ref());
+        let origin = stamp.and_then(|s| {
+            let slot = self.shared.plan.slot_in_channel(s.publisher, self.channel_idx)?;
+            Some(Origin { slot, seq: s.seq })
+        });
+        let verdict = self.member.record(m.id, origin);
+        if let Some(s) = stamp
+            && verdict.is_first_delivery()
+        {
+            let sent = Duration::from_nanos(s.t_ns);
+            let latency = now.duration_since(self.shared.epoch).saturating_sub(sent);
+            self.shared.latency.record(self.index, latency);
+        }
+        self.last_delivery = Some(now);
+    }
+
+    fn on_reply(&mut self, r: Reply) {
+        if !r.ok {
+            let code = r.error.as_ref().map_or("unknown", |e| e.code.as_str());
+            self.count_error(code);
+        }
+        match &r.id {
+            Value::String(s) if s == JOIN_ID => {
+                self.join = if r.ok {
+                    Join::Done
+                } else {
+                    let code = r.error.as_ref().map_or("unknown", |e| e.code.as_str());
+                    Join::Failed(format!("join: {code}"))
+                };
+            }
+            Value::Number(n) => {
+                let (Some(seq), Some(p)) = (n.as_u64(), self.publisher.as_mut()) else {
+                    self.protocol_violations += 1;
+                    return;
+                };
+                let outcome = match (r.ok, r.message_id) {
+                    (true, Some(_)) => PublishOutcome::Accepted,
+                    (true, None) => {
+                        self.protocol_violations += 1;
+                        PublishOutcome::Rejected
+                    }
+                    (false, _) => PublishOutcome::Rejected,
+                };
+                p.answered(seq, outcome);
+            }
+            _ => self.protocol_violations += 1,
+        }
+    }
+
+    fn publish_frame(&self, seq: u64, t_ns: u64) -> String {
+        let meta = BenchMeta { publisher: self.index as u64, seq, t_ns };
+        json!({
+            "op": "publish",
+            "id": seq,
+            "channel": self.channel,
+            "text": self.shared.text,
+            "meta": meta.to_value(),
+        })
+        .to_string()
+    }
+
+    fn join_frame(&self) -> String {
+        json!({"op": "join", "id": JOIN_ID, "channel": self.channel}).to_string()
+    }
+
+    fn finish(self, stage: Stage, closed_early: Option<String>, not_sent: u64) -> ConnOutcome {
+        ConnOutcome {
+            index: self.index,
+            channel: self.channel_idx,
+            stage,
+            closed_early,
+            member: self.member,
+            publisher: self.publisher,
+            not_sent,
+            errors: self.errors,
+            presence: self.presence,
+            protocol_violations: self.protocol_violations,
+            last_delivery: self.last_delivery,
+        }
+    }
+}
+
+/// Setup progress, reported once per connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetupEvent {
+    Joined,
+    Failed,
+}
+
+fn ws_config() -> WebSocketConfig {
+    // Small buffers: thousands of connections, small frames. Frames are
+    // written at once (no batching) so latency is not inflated.
+    WebSocketConfig::default().read_buffer_size(16 * 1024).write_buffer_size(0)
+}
+
+fn connect_error(e: &WsError) -> String {
+    match e {
+        WsError::Http(resp) => format!("http {}", resp.status().as_u16()),
+        WsError::Io(io) => format!("io: {}", io.kind()),
+        WsError::Url(u) => format!("url: {u}"),
+        other => other.to_string().chars().take(80).collect(),
+    }
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(365 * 86_400)
+}
+
+/// Runs connection `index` until the end of the run.
+pub async fn run_connection(
+    shared: Arc<Shared>,
+    index: usize,
+    mut start: watch::Receiver<Option<Timeline>>,
+    setup_done: mpsc::UnboundedSender<SetupEvent>,
+) -> ConnOutcome {
+    let plan_sends = shared.plan.sends_of(index);
+    let mut conn = Conn::new(shared.clone(), index);
+
+    // --- setup: connect and join, at most `connect_concurrency` at a time
+    let permit = shared.setup_gate.acquire().await;
+    let mut ws = match connect(&shared, index).await {
+        Ok(ws) => ws,
+        Err(reason) => {
+            drop(permit);
+            let _ = setup_done.send(SetupEvent::Failed);
+            return conn.finish(Stage::ConnectFailed(reason), None, plan_sends);
+        }
+    };
+    let join_deadline = Instant::now() + shared.connect_timeout;
+    let mut setup_error = match ws.send(Message::text(conn.join_frame())).await {
+        Ok(()) => None,
+        Err(e) => Some(format!("closed during join ({})", connect_error(&e))),
+    };
+    while setup_error.is_none() && conn.join == Join::Pending {
+        match timeout_at(join_deadline, ws.next()).await {
+            Err(_) => setup_error = Some("join timeout".into()),
+            Ok(None) => setup_error = Some(format!("closed during join ({ABNORMAL})")),
+            Ok(Some(Err(e))) => setup_error = Some(format!("closed during join ({})", connect_error(&e))),
+            Ok(Some(Ok(msg))) => {
+                if let Flow::Closed(code) = conn.on_ws_message(msg, Instant::now()) {
+                    setup_error = Some(format!("closed during join ({code})"));
+                }
+            }
+        }
+    }
+    drop(permit);
+    if let Join::Failed(reason) = &conn.join {
+        setup_error = Some(reason.clone());
+    }
+    if let Some(reason) = setup_error {
+        let _ = setup_done.send(SetupEvent::Failed);
+        let _ = timeout(Duration::from_secs(1), ws.close(None)).await;
+        return conn.finish(Stage::JoinFailed(reason), None, plan_sends);
+    }
+    let _ = setup_done.send(SetupEvent::Joined);
+
+    // --- run: read everything, publish on schedule, stop at the end
+    let mut timeline: Option<Timeline> = *start.borrow_and_update();
+    let mut next_seq: u64 = 0;
+    let send_timer = sleep_until(far_future());
+    let end_timer = sleep_until(far_future());
+    tokio::pin!(send_timer, end_timer);
+    let arm = |tl: &Timeline, seq: u64| tl.t0 + shared.plan.send_offset(index, seq);
+    if let Some(tl) = &timeline {
+        end_timer.as_mut().reset(tl.end);
+        if plan_sends > 0 {
+            send_timer.as_mut().reset(arm(tl, 0));
+        }
+    }
+    let mut closed_early = None;
+    loop {
+        let sending = timeline.is_some() && next_seq < plan_sends;
+        tokio::select! {
+            frame = ws.next() => {
+                let now = Instant::now();
+                match frame {
+                    Some(Ok(msg)) => {
+                        if let Flow::Closed(code) = conn.on_ws_message(msg, now) {
+                            closed_early = Some(code);
+                            break;
+                        }
+                    }
+                    Some(Err(_)) | None => {
+                        closed_early = Some(ABNORMAL.to_string());
+                        break;
+                    }
+                }
+            }
+            changed = start.changed(), if timeline.is_none() => {
+                if changed.is_err() {
+                    break; // the runner is gone
+                }
+                timeline = *start.borrow_and_update();
+                if let Some(tl) = &timeline {
+                    end_timer.as_mut().reset(tl.end);
+                    if plan_sends > 0 {
+                        send_timer.as_mut().reset(arm(tl, 0));
+                    }
+                }
+            }
+            () = &mut send_timer, if sending => {
+                let due = send_timer.deadline();
+                let now = Instant::now();
+                let t_ns = u64::try_from(now.duration_since(shared.epoch).as_nanos()).unwrap_or(u64::MAX);
+                let frame = conn.publish_frame(next_seq, t_ns);
+                if let Some(p) = conn.publisher.as_mut() {
+                    p.sent(next_seq);
+                }
+                shared.send_lag.record(index, now.saturating_duration_since(due));
+                next_seq += 1;
+                if let Some(tl) = &timeline
+                    && next_seq < plan_sends
+                {
+                    send_timer.as_mut().reset(arm(tl, next_seq));
+                }
+                if ws.send(Message::text(frame)).await.is_err() {
+                    closed_early = Some(ABNORMAL.to_string());
+                    break;
+                }
+            }
+            () = &mut end_timer, if timeline.is_some() => break,
+        }
+    }
+    let not_sent = plan_sends.saturating_sub(next_seq);
+    if closed_early.is_none() {
+        // Close politely and give the server a moment to answer.
+        let deadline = Instant::now() + Duration::from_secs(1);
+        if timeout_at(deadline, ws.close(None)).await.is_ok() {
+            while let Ok(Some(Ok(msg))) = timeout_at(deadline, ws.next()).await {
+                if matches!(msg, Message::Close(_)) {
+                    break;
+                }
+            }
+        }
+    }
+    conn.finish(Stage::Joined, closed_early, not_sent)
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(shared: &Shared, index: usize) -> Result<Ws, String> {
+    let url = shared.plan.url_of(index, shared.token.is_none());
+    let mut request = url.as_str().into_client_request().map_err(|e| connect_error(&e))?;
+    if let Some(token) = &shared.token {
+        let value =
+            HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| "invalid token".to_string())?;
+        request.headers_mut().insert(AUTHORIZATION, value);
+    }
+    let connecting = tokio_tungstenite::connect_async_with_config(request, Some(ws_config()), true);
+    match timeout(shared.connect_timeout, connecting).await {
+        Err(_) => Err("connect timeout".into()),
+        Ok(Err(e)) => Err(connect_error(&e)),
+        Ok(Ok((ws, _response))) => Ok(ws),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::args::Args;
+    use clap::Parser;
+
+    fn shared(extra: &[&str]) -> Arc<Shared> {
+        let mut argv = vec!["chat-bench", "--run-id", "t"];
+        argv.extend_from_slice(extra);
+        let plan = Plan::from_args(&Args::try_parse_from(argv).unwrap()).unwrap();
+        let channel_names = (0..plan.channels).map(|k| plan.channel_name(k).unwrap()).collect();
+        Arc::new(Shared {
+            plan,
+            channel_names,
+            token: None,
+            epoch: Instant::now(),
+            latency: ShardedHistogram::new().unwrap(),
+            send_lag: ShardedHistogram::new().unwrap(),
+            setup_gate: Semaphore::new(1),
+            connect_timeout: Duration::from_secs(1),
+            text: "x".into(),
+        })
+    }
+
+    fn push(channel: &str, id: &str, meta: Value) -> String {
+        json!({"op":"message","channel":channel,"id":id,"from":"u","text":"x","ts":1,"meta":meta}).to_string()
+    }
+
+    fn stamp(publisher: u64, seq: u64) -> Value {
+        BenchMeta { publisher, seq, t_ns: 0 }.to_value()
+    }
+
+    #[test]
+    fn classifies_pushes() {
+        // 4 connections, 2 channels, 1 publisher each: conn 0 → ch 0, conn 1 → ch 1.
+        let s = shared(&["-n", "4", "-c", "2", "-r", "10", "-d", "1"]);
+        let mut c = Conn::new(s.clone(), 2); // member of bench-t-0
+        let now = Instant::now();
+        c.on_text(&push("bench-t-0", "1-0", stamp(0, 0)), now);
+        c.on_text(&push("bench-t-0", "1-0", stamp(0, 0)), now); // duplicate
+        c.on_text(&push("bench-t-0", "3-0", stamp(0, 2)), now);
+        c.on_text(&push("bench-t-0", "2-0", stamp(0, 1)), now); // out of order
+        c.on_text(&push("bench-t-0", "4-0", stamp(1, 0)), now); // channel 1's publisher: foreign
+        c.on_text(&push("bench-t-0", "5-0", json!({"x": 1})), now); // no stamp: foreign
+        c.on_text(&push("bench-t-1", "6-0", stamp(1, 0)), now); // not our channel
+        c.on_text("{not json", now);
+        c.on_text(r#"{"op":"presence","channel":"bench-t-0","event":"join","user":"u"}"#, now);
+        c.on_text(r#"{"op":"error","error":{"code":"rate_limited","message":"slow down"}}"#, now);
+        let counts = c.member.counts();
+        assert_eq!(counts.delivered, 6);
+        assert_eq!(counts.duplicated, 1);
+        assert_eq!(counts.out_of_order, 1);
+        assert_eq!(counts.foreign, 2);
+        assert_eq!(c.protocol_violations, 2);
+        assert_eq!(c.presence, 1);
+        assert_eq!(c.errors.get("rate_limited"), Some(&1));
+        // latency recorded once per first delivery of a stamped message (3)
+        assert_eq!(s.latency.merged().len(), 3);
+        assert!(c.last_delivery.is_some());
+    }
+
+    #[test]
+    fn classifies_replies() {
+        let s = shared(&["-n", "2", "-c", "1", "-r", "10", "-d", "1"]);
+        let mut c = Conn::new(s, 0); // the publisher
+        let now = Instant::now();
+        c.on_text(r#"{"op":"reply","id":"join","ok":true,"members":2}"#, now);
+        assert_eq!(c.join, Join::Done);
+        let p = c.publisher.as_mut().unwrap();
+        for seq in 0..4 {
+            p.sent(seq);
+        }
+        c.on_text(r#"{"op":"reply","id":0,"ok":true,"message_id":"1-0"}"#, now);
+        c.on_text(r#"{"op":"reply","id":1,"ok":false,"error":{"code":"rate_limited","message":"x"}}"#, now);
+        c.on_text(r#"{"op":"reply","id":2,"ok":true}"#, now); // no message id
+        c.on_text(r#"{"op":"reply","id":"nope","ok":true}"#, now);
+        let p = c.publisher.as_ref().unwrap();
+        assert_eq!(p.accepted().len(), 1);
+        assert_eq!(p.rejected(), 2);
+        assert_eq!(p.unanswered(), 1);
+        assert_eq!(c.errors.get("rate_limited"), Some(&1));
+        assert_eq!(c.protocol_violations, 2);
+
+        let mut m = Conn::new(shared(&["-n", "2", "-c", "1"]), 1);
+        m.on_text(
+            r#"{"op":"reply","id":"join","ok":false,"error":{"code":"channel_full","message":"x"}}"#,
+            now,
+        );
+        assert_eq!(m.join, Join::Failed("join: channel_full".into()));
+        assert_eq!(m.errors.get("channel_full"), Some(&1));
+        m.on_text(r#"{"op":"reply","id":0,"ok":true,"message_id":"1-0"}"#, now);
+        assert_eq!(m.protocol_violations, 1, "a member that never published got a publish reply");
+    }
+
+    #[test]
+    fn publish_frames_follow_the_protocol() {
+        let s = shared(&["-n", "2", "-c", "1"]);
+        let c = Conn::new(s, 0);
+        let req = shardchat_common::protocol::parse_request(&c.publish_frame(7, 99)).unwrap();
+        assert_eq!(req.0, Some(json!(7)));
+        let shardchat_common::protocol::Request::Publish { channel, text, meta } = req.1 else {
+            panic!("not a publish");
+        };
+        assert_eq!(channel.as_str(), "bench-t-0");
+        assert_eq!(text, "x");
+        let stamp = BenchMeta::from_meta(meta.as_ref()).unwrap();
+        assert_eq!(stamp, BenchMeta { publisher: 0, seq: 7, t_ns: 99 });
+        let join = shardchat_common::protocol::parse_request(&c.join_frame()).unwrap();
+        assert_eq!(join.1.op(), "join");
+    }
+
+    #[test]
+    fn close_frames_end_the_connection() {
+        use tokio_tungstenite::tungstenite::protocol::{CloseFrame, frame::coding::CloseCode};
+        let mut c = Conn::new(shared(&["-n", "1", "-c", "1"]), 0);
+        let close = Message::Close(Some(CloseFrame { code: CloseCode::from(4009), reason: "slow".into() }));
+        assert_eq!(c.on_ws_message(close, Instant::now()), Flow::Closed("4009".into()));
+        assert_eq!(c.on_ws_message(Message::Close(None), Instant::now()), Flow::Closed("1005".into()));
+        assert_eq!(c.on_ws_message(Message::binary(vec![1]), Instant::now()), Flow::Continue);
+        assert_eq!(c.protocol_violations, 1);
+    }
+}
