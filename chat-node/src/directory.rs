@@ -29,16 +29,21 @@ pub enum DirectoryFileError {
 }
 
 impl Directory {
-    pub fn new(dynamic: DynamicChannels, default_moderation: ModerationMode, default_max_members: u32) -> Self {
+    pub fn new(
+        dynamic: DynamicChannels,
+        default_moderation: ModerationMode,
+        default_max_members: u32,
+    ) -> Self {
         Self { declared: RwLock::new(HashMap::new()), dynamic, default_moderation, default_max_members }
     }
 
     /// Reads a YAML (or JSON) list of channel configs.
     pub fn load_file(path: &Path) -> Result<Vec<ChannelConfig>, DirectoryFileError> {
         let p = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| DirectoryFileError::Read { path: p.clone(), source })?;
-        let configs: Vec<ChannelConfig> =
-            serde_saphyr::from_str(&text).map_err(|e| DirectoryFileError::Parse { path: p, message: e.to_string() })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| DirectoryFileError::Read { path: p.clone(), source })?;
+        let configs: Vec<ChannelConfig> = serde_saphyr::from_str(&text)
+            .map_err(|e| DirectoryFileError::Parse { path: p, message: e.to_string() })?;
         let mut seen = std::collections::HashSet::new();
         for c in &configs {
             if !seen.insert(c.name.clone()) {
@@ -98,7 +103,10 @@ mod tests {
         let d = Directory::new(DynamicChannels::Deny, ModerationMode::Mask, 100);
         d.replace_all(vec![ChannelConfig::dynamic(name("town-137"))]);
         assert!(d.resolve(&name("town-137")).is_ok());
-        assert_eq!(d.resolve(&name("elsewhere")).unwrap_err().code, shardchat_common::protocol::ErrorCode::NotFound);
+        assert_eq!(
+            d.resolve(&name("elsewhere")).unwrap_err().code,
+            shardchat_common::protocol::ErrorCode::NotFound
+        );
     }
 
     #[test]

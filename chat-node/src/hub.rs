@@ -160,7 +160,9 @@ impl Hub {
         if empty {
             let mut channels = self.channels.write().unwrap_or_else(|p| p.into_inner());
             // Re-check under the write lock: someone may have joined meanwhile.
-            if channels.get(channel).is_some_and(|c| c.lock().unwrap_or_else(|p| p.into_inner()).subscribers.is_empty())
+            if channels
+                .get(channel)
+                .is_some_and(|c| c.lock().unwrap_or_else(|p| p.into_inner()).subscribers.is_empty())
             {
                 channels.remove(channel);
             }
@@ -206,7 +208,9 @@ impl Hub {
     /// Distinct users connected to this node in `channel`.
     pub fn local_users(&self, channel: &ChannelName) -> Vec<String> {
         match self.channel(channel) {
-            Some(ch) => ch.lock().unwrap_or_else(|p| p.into_inner()).users.keys().map(|u| u.to_string()).collect(),
+            Some(ch) => {
+                ch.lock().unwrap_or_else(|p| p.into_inner()).users.keys().map(|u| u.to_string()).collect()
+            }
             None => Vec::new(),
         }
     }

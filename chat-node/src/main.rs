@@ -13,9 +13,13 @@ async fn main() -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     tracing::info!(node_id = %node.node_id, %addr, mode = "embedded", "chat-node listening; open http://{addr}/");
     if node.config.admin_token.is_none() {
-        tracing::info!("no --admin-token: server-side publishing (POST /v1/channels/{{channel}}/messages) is disabled");
+        tracing::info!(
+            "no --admin-token: server-side publishing (POST /v1/channels/{{channel}}/messages) is disabled"
+        );
     }
-    tracing::warn!("dev mode: clients identify with ?user=<id> and are trusted; do not expose this node publicly");
+    tracing::warn!(
+        "dev mode: clients identify with ?user=<id> and are trusted; do not expose this node publicly"
+    );
     server::serve(node, listener, server::termination_signal()).await;
     Ok(())
 }

@@ -24,15 +24,20 @@ impl Metrics {
         let registry = Registry::new_custom(None, None).expect("valid registry");
         let m = Self {
             registry,
-            connections: IntGauge::new("shardchat_connections", "Open client WebSocket connections").expect("valid metric"),
-            connections_total: IntCounter::new("shardchat_connections_total", "Client WebSocket connections accepted")
+            connections: IntGauge::new("shardchat_connections", "Open client WebSocket connections")
                 .expect("valid metric"),
+            connections_total: IntCounter::new(
+                "shardchat_connections_total",
+                "Client WebSocket connections accepted",
+            )
+            .expect("valid metric"),
             disconnects: IntCounterVec::new(
                 Opts::new("shardchat_disconnects_total", "Client connections closed, by reason"),
                 &["reason"],
             )
             .expect("valid metric"),
-            joins: IntCounter::new("shardchat_joins_total", "Successful channel joins").expect("valid metric"),
+            joins: IntCounter::new("shardchat_joins_total", "Successful channel joins")
+                .expect("valid metric"),
             published: IntCounter::new(
                 "shardchat_messages_published_total",
                 "Messages accepted (sequenced and stored) by this node as channel owner",
@@ -59,7 +64,8 @@ impl Metrics {
                     "Time from the owner accepting a message to its fan-out on this node",
                 )
                 .buckets(vec![
-                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                    2.5,
                 ]),
             )
             .expect("valid metric"),

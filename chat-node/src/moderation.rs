@@ -14,7 +14,8 @@ use crate::error::{ChatError, ChatResult};
 use shardchat_common::protocol::ErrorCode;
 
 /// A small default list; deployments supply their own.
-const DEFAULT_WORDS: &[&str] = &["fuck", "fucking", "shit", "bitch", "cunt", "asshole", "bastard", "motherfucker"];
+const DEFAULT_WORDS: &[&str] =
+    &["fuck", "fucking", "shit", "bitch", "cunt", "asshole", "bastard", "motherfucker"];
 
 pub struct WordFilter {
     words: HashSet<String>,

@@ -31,7 +31,9 @@ pub struct Node {
 pub enum StartError {
     #[error(transparent)]
     Channels(#[from] crate::directory::DirectoryFileError),
-    #[error("Redis mode (--redis-url) is not available in this build yet; run without it for the embedded mode")]
+    #[error(
+        "Redis mode (--redis-url) is not available in this build yet; run without it for the embedded mode"
+    )]
     RedisNotYet,
 }
 

@@ -88,7 +88,10 @@ impl Owner {
             if let Some((_, l)) = limiter
                 && l.check().is_err()
             {
-                return Err(ChatError::new(ErrorCode::RateLimited, "this channel's message rate limit is reached"));
+                return Err(ChatError::new(
+                    ErrorCode::RateLimited,
+                    "this channel's message rate limit is reached",
+                ));
             }
         }
         let text = self.filter.apply(self.directory.moderation(&config), req.text)?;

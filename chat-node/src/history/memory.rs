@@ -26,7 +26,12 @@ struct ChannelLog {
 
 impl ChannelLog {
     fn new(retention: Retention) -> Self {
-        Self { entries: VecDeque::new(), last_id: MessageId::ZERO, trimmed_through: MessageId::ZERO, retention }
+        Self {
+            entries: VecDeque::new(),
+            last_id: MessageId::ZERO,
+            trimmed_through: MessageId::ZERO,
+            retention,
+        }
     }
 
     fn trim(&mut self, now_ms: u64) {
@@ -90,7 +95,11 @@ impl HistoryStore for MemoryHistory {
         futures_util::future::ready(Ok(stored)).boxed()
     }
 
-    fn after<'a>(&'a self, channel: &'a ChannelName, since: MessageId) -> BoxFuture<'a, ChatResult<Recovery>> {
+    fn after<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        since: MessageId,
+    ) -> BoxFuture<'a, ChatResult<Recovery>> {
         let recovery = self.with_log(channel, |log| match log {
             // Nothing was ever stored here: only the empty position is known.
             None => Recovery { messages: Vec::new(), complete: since == MessageId::ZERO },

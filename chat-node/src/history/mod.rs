@@ -78,7 +78,8 @@ pub trait HistoryStore: Send + Sync + 'static {
     fn append(&self, draft: Draft, retention: Retention) -> BoxFuture<'_, ChatResult<Arc<StoredMessage>>>;
 
     /// Every retained message with an id greater than `since`, oldest first.
-    fn after<'a>(&'a self, channel: &'a ChannelName, since: MessageId) -> BoxFuture<'a, ChatResult<Recovery>>;
+    fn after<'a>(&'a self, channel: &'a ChannelName, since: MessageId)
+    -> BoxFuture<'a, ChatResult<Recovery>>;
 
     /// The newest `limit` messages (with an id below `before` when given), oldest first.
     fn latest<'a>(

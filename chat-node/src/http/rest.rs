@@ -56,7 +56,9 @@ pub async fn history(
     let channel = public_channel(&node, &channel)?;
     let limit = match q.limit.as_deref() {
         None | Some("") => None,
-        Some(s) => Some(s.parse::<u32>().map_err(|_| ChatError::bad_request("`limit` must be a non-negative integer"))?),
+        Some(s) => Some(
+            s.parse::<u32>().map_err(|_| ChatError::bad_request("`limit` must be a non-negative integer"))?,
+        ),
     };
     let before = match q.before.as_deref() {
         None | Some("") => None,
@@ -72,7 +74,10 @@ pub struct MembersBody {
 }
 
 #[tracing::instrument(skip(node))]
-pub async fn members(State(node): State<Arc<Node>>, Path(channel): Path<String>) -> ChatResult<Json<MembersBody>> {
+pub async fn members(
+    State(node): State<Arc<Node>>,
+    Path(channel): Path<String>,
+) -> ChatResult<Json<MembersBody>> {
     let channel = public_channel(&node, &channel)?;
     Ok(Json(MembersBody { members: node.cluster.members(&channel).await? }))
 }

@@ -80,7 +80,10 @@ mod tests {
         assert_eq!(&*id.user, "user-42");
         assert_eq!(id.roles, ["mod", "guild-7"]);
         assert_eq!(Identity::from_dev_params(&params(None, None)).unwrap_err().code, ErrorCode::Unauthorized);
-        assert_eq!(Identity::from_dev_params(&params(Some("a b"), None)).unwrap_err().code, ErrorCode::BadRequest);
+        assert_eq!(
+            Identity::from_dev_params(&params(Some("a b"), None)).unwrap_err().code,
+            ErrorCode::BadRequest
+        );
         assert!(Identity::from_dev_params(&params(Some(&"x".repeat(65)), None)).is_err());
     }
 }

@@ -40,15 +40,15 @@ impl ConnectionLimits {
     }
 
     pub fn admit_frame(&self) -> Result<(), ChatError> {
-        self.frames
-            .check()
-            .map_err(|_| ChatError::new(ErrorCode::RateLimited, "too many requests on this connection; slow down"))
+        self.frames.check().map_err(|_| {
+            ChatError::new(ErrorCode::RateLimited, "too many requests on this connection; slow down")
+        })
     }
 
     pub fn admit_publish(&self) -> Result<(), ChatError> {
-        self.publish
-            .check()
-            .map_err(|_| ChatError::new(ErrorCode::RateLimited, "publishing too fast on this connection; slow down"))
+        self.publish.check().map_err(|_| {
+            ChatError::new(ErrorCode::RateLimited, "publishing too fast on this connection; slow down")
+        })
     }
 
     /// Counts one rate-limited request; true when the connection should be closed.

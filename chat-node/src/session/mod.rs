@@ -24,9 +24,12 @@ use tracing::Instrument;
 use crate::error::ChatError;
 use crate::node::Node;
 pub use identity::Identity;
-pub(crate) use ops::{check_content, clamp_limit};
 use limits::ConnectionLimits;
+pub(crate) use ops::{check_content, clamp_limit};
 use outbound::{CloseReason, CloseSignal, Outbound, SessionHandle};
+
+/// How long the server waits for its side of a closing handshake.
+const CLOSE_HANDSHAKE: Duration = Duration::from_secs(2);
 
 /// State of one connection, owned by its reader.
 pub struct Session {
@@ -46,7 +49,7 @@ pub async fn run(node: Arc<Node>, socket: WebSocket, identity: Identity) {
         node.metrics.connections.inc();
         node.metrics.connections_total.inc();
         let (handle, rx, close) = SessionHandle::new(id, identity.user.clone(), node.config.outbound_queue);
-        let (sink, stream) = socket.split();
+        let (sink, mut stream) = socket.split();
         let writer = tokio::spawn(
             write_loop(sink, rx, close.clone(), node.config.ping_interval, node.config.idle_timeout)
                 .in_current_span(),
@@ -54,17 +57,28 @@ pub async fn run(node: Arc<Node>, socket: WebSocket, identity: Identity) {
         let limits = ConnectionLimits::new(&node.config);
         let mut session = Session { node: node.clone(), handle, identity, joined: HashSet::new(), limits };
         tracing::debug!("connected");
-        session.read_loop(stream, &close).await;
+        session.read_loop(&mut stream, &close).await;
         session.leave_all().await;
         let reason = close.reason();
-        // Let the writer send the close frame, then make sure it is gone.
         let mut writer = writer;
-        if reason.is_some() {
-            if tokio::time::timeout(Duration::from_secs(2), &mut writer).await.is_err() {
-                writer.abort();
+        match reason {
+            Some(r) if r != CloseReason::PEER_GONE => {
+                // Closing handshake: the writer sends our close frame, then we
+                // wait (briefly) for the client's, so it reads the code before
+                // the TCP connection goes away.
+                if tokio::time::timeout(CLOSE_HANDSHAKE, &mut writer).await.is_err() {
+                    writer.abort();
+                }
+                let _ = tokio::time::timeout(CLOSE_HANDSHAKE, async {
+                    while let Some(Ok(m)) = stream.next().await {
+                        if matches!(m, Message::Close(_)) {
+                            break;
+                        }
+                    }
+                })
+                .await;
             }
-        } else {
-            writer.abort();
+            _ => writer.abort(),
         }
         let label = reason.map(|r| r.label()).unwrap_or("client");
         if reason == Some(CloseReason::SLOW_CONSUMER) {
@@ -79,10 +93,11 @@ pub async fn run(node: Arc<Node>, socket: WebSocket, identity: Identity) {
 }
 
 impl Session {
-    async fn read_loop(&mut self, mut stream: SplitStream<WebSocket>, close: &CloseSignal) {
+    async fn read_loop(&mut self, stream: &mut SplitStream<WebSocket>, close: &CloseSignal) {
         let idle_timeout = self.node.config.idle_timeout;
         let mut last_seen = Instant::now();
-        let mut idle_check = tokio::time::interval(idle_timeout.min(Duration::from_secs(1)).max(Duration::from_millis(50)));
+        let mut idle_check =
+            tokio::time::interval(idle_timeout.min(Duration::from_secs(1)).max(Duration::from_millis(50)));
         let mut drain = self.node.lifecycle.drain_signal();
         if *drain.borrow_and_update() {
             self.handle.close(CloseReason::SHUTDOWN);

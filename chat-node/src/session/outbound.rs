@@ -30,10 +30,13 @@ pub struct CloseReason {
 impl CloseReason {
     pub const SLOW_CONSUMER: CloseReason =
         CloseReason { code: close_code::SLOW_CONSUMER, reason: "slow consumer: outbound queue full" };
-    pub const SHUTDOWN: CloseReason = CloseReason { code: close_code::SERVICE_RESTART, reason: "server restarting" };
+    pub const SHUTDOWN: CloseReason =
+        CloseReason { code: close_code::SERVICE_RESTART, reason: "server restarting" };
     pub const IDLE: CloseReason = CloseReason { code: close_code::IDLE_TIMEOUT, reason: "idle timeout" };
-    pub const FLOOD: CloseReason = CloseReason { code: close_code::POLICY_VIOLATION, reason: "rate limit abuse" };
-    pub const TOO_BIG: CloseReason = CloseReason { code: close_code::MESSAGE_TOO_BIG, reason: "frame too large" };
+    pub const FLOOD: CloseReason =
+        CloseReason { code: close_code::POLICY_VIOLATION, reason: "rate limit abuse" };
+    pub const TOO_BIG: CloseReason =
+        CloseReason { code: close_code::MESSAGE_TOO_BIG, reason: "frame too large" };
     /// Not sent (the peer is gone); used to label the disconnect.
     pub const PEER_GONE: CloseReason = CloseReason { code: 1006, reason: "peer gone" };
     pub const BAD_UTF8: CloseReason =
@@ -94,7 +97,11 @@ pub struct SessionHandle {
 }
 
 impl SessionHandle {
-    pub fn new(id: u64, user: Arc<str>, capacity: usize) -> (Self, mpsc::Receiver<Outbound>, Arc<CloseSignal>) {
+    pub fn new(
+        id: u64,
+        user: Arc<str>,
+        capacity: usize,
+    ) -> (Self, mpsc::Receiver<Outbound>, Arc<CloseSignal>) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let close = Arc::new(CloseSignal::default());
         (Self { id, user, tx, close: close.clone() }, rx, close)

@@ -50,7 +50,8 @@ pub async fn handle(
         },
         None => (Vec::new(), None),
     };
-    let reply = id.map(|id| encode(&ServerFrame::Reply(Reply { recovered, members: Some(members), ..Reply::ok(id) })));
+    let reply = id
+        .map(|id| encode(&ServerFrame::Reply(Reply { recovered, members: Some(members), ..Reply::ok(id) })));
     node.hub.activate(&channel, session.handle.id, reply, since, backlog);
     node.metrics.joins.inc();
     Ok(())

@@ -21,10 +21,14 @@ use shardchat_common::ChannelName;
 /// request had no `id`, or the op queued its own reply.
 pub async fn handle(session: &mut Session, id: Option<Value>, request: Request) -> ChatResult<Option<Reply>> {
     let reply = match request {
-        Request::Join { channel, since } => return join::handle(session, id, channel, since).await.map(|()| None),
+        Request::Join { channel, since } => {
+            return join::handle(session, id, channel, since).await.map(|()| None);
+        }
         Request::Leave { channel } => leave::handle(session, channel).await?,
         Request::Publish { channel, text, meta } => publish::handle(session, channel, text, meta).await?,
-        Request::History { channel, limit, before } => history::handle(session, channel, limit, before).await?,
+        Request::History { channel, limit, before } => {
+            history::handle(session, channel, limit, before).await?
+        }
         Request::Ping => ping::handle(),
     };
     Ok(id.map(|id| Reply { id, ..reply }))

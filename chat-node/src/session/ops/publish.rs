@@ -43,7 +43,9 @@ pub fn check_content(text: &str, meta: Option<&Map<String, Value>>) -> ChatResul
     }
     if let Some(meta) = meta {
         if depth(meta) > MAX_META_DEPTH {
-            return Err(ChatError::bad_request(format!("`meta` is nested deeper than {MAX_META_DEPTH} levels")));
+            return Err(ChatError::bad_request(format!(
+                "`meta` is nested deeper than {MAX_META_DEPTH} levels"
+            )));
         }
         let size = serde_json::to_vec(meta).map(|v| v.len()).unwrap_or(usize::MAX);
         if size > MAX_META_BYTES {
