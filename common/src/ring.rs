@@ -10,12 +10,12 @@
 //! The ring is a [`hashring::HashRing`] of *virtual nodes* (vnodes). `hashring`
 //! has no vnodes of its own, so each member node contributes `vnodes_per_node`
 //! entries (default [`DEFAULT_VNODES`] = 512, see *Balance*), added in one
-//! `batch_add`. The
-//! vnode with replica index `i` (`0 <= i < vnodes_per_node`) of node `id` sits
-//! at point
+//! `batch_add`. The vnode with replica index `i` (`0 <= i < vnodes_per_node`)
+//! of node `id` sits at point
 //!
 //! ```text
 //! point(id, i) = SipHash-2-4(K, "<id>#<i>")      e.g. "chat-node-0#17"
+//! K            = the 16 ASCII bytes "shardchat-ring-1" (k0, k1 little-endian)
 //! ```
 //!
 //! with `i` in decimal without leading zeros. A channel sits at
@@ -30,8 +30,8 @@
 //!
 //! # Why the result is deterministic
 //!
-//! * The hash is SipHash-2-4 from the `siphasher` crate with the fixed key
-//!   `K = (k0, k1)` below — not `hashring`'s default hasher (an implementation
+//! * The hash is SipHash-2-4 (a fully specified algorithm, here from the
+//!   `siphasher` crate) with the fixed key `K` above — not `hashring`'s default hasher (an implementation
 //!   detail of that crate that a release may change), not std's
 //!   `DefaultHasher` (explicitly unstable across Rust releases) and no
 //!   per-process random seed.
@@ -69,7 +69,7 @@
 //! A ring carries the `epoch` of the membership it was built from. The ring
 //! never invents or bumps epochs: whoever publishes a ring assigns it — the
 //! chat-operator increases it on every membership change and publishes
-//! `{"epoch":7,"vnodes":128,"nodes":[...]}` (a [`RingSnapshot`]) at
+//! `{"epoch":7,"vnodes":512,"nodes":[...]}` (a [`RingSnapshot`]) at
 //! `{prefix}:ring`; a static `--peers a,b,c` list uses epoch 1. Use
 //! [`Ring::same_members`] to decide whether a new membership needs a new epoch.
 //! The number of vnodes travels with the snapshot so that every reader builds
@@ -94,6 +94,11 @@ pub const DEFAULT_VNODES: u32 = 512;
 /// ring-share standard deviation of ~1.6%.
 pub const MAX_VNODES: u32 = 4096;
 
+/// Largest accepted ring: members × vnodes (32 bytes each, so 32 MiB; 2048
+/// nodes at the default vnodes). Like [`MAX_VNODES`], a guard against a corrupt
+/// snapshot taking every node down at once.
+pub const MAX_RING_ENTRIES: usize = 1 << 20;
+
 /// Longest accepted node id (the DNS-1123 subdomain limit).
 pub const MAX_NODE_ID_LEN: usize = 253;
 
@@ -108,6 +113,8 @@ const K1: u64 = u64::from_le_bytes(*b"t-ring-1");
 pub enum RingError {
     #[error("vnodes per node must be between 1 and {MAX_VNODES}, got {0}")]
     InvalidVnodes(u32),
+    #[error("{nodes} nodes × {vnodes} vnodes exceeds the limit of {MAX_RING_ENTRIES} ring entries")]
+    TooLarge { nodes: usize, vnodes: u32 },
     #[error("node id is empty")]
     EmptyNodeId,
     #[error("node id is {len} bytes long; the limit is {MAX_NODE_ID_LEN}")]
@@ -188,9 +195,25 @@ impl Hash for ChannelKey<'_> {
 
 /// An immutable consistent hash ring over a set of chat-node ids.
 ///
-/// Build a new ring for a new membership; rings are cheap to build (a few
-/// thousand hashes and a sort) and cheap to query (one hash and a binary
-/// search).
+/// Build a new ring for a new membership (one hash per vnode and a sort: a
+/// few milliseconds for 32 nodes); a lookup is one hash and a binary search.
+/// Share a ring behind an `Arc` rather than cloning it.
+///
+/// ```
+/// use shardchat_common::{DEFAULT_VNODES, Ring, RingSnapshot};
+///
+/// let ring = Ring::new(1, DEFAULT_VNODES, ["chat-node-1", "chat-node-0", "chat-node-1"])?;
+/// assert_eq!(ring.nodes(), ["chat-node-0", "chat-node-1"]);
+/// let owner = ring.owner("town-137").expect("the ring has nodes");
+/// assert!(ring.contains(owner));
+///
+/// // What the publisher stores in Redis, and how a reader rebuilds it.
+/// let json = serde_json::to_string(&RingSnapshot::from(&ring))?;
+/// assert_eq!(json, r#"{"epoch":1,"vnodes":512,"nodes":["chat-node-0","chat-node-1"]}"#);
+/// let copy = Ring::try_from(serde_json::from_str::<RingSnapshot>(&json)?)?;
+/// assert_eq!(copy.owner("town-137"), Some(owner));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone)]
 pub struct Ring {
     epoch: u64,
@@ -219,8 +242,12 @@ impl Ring {
         }
         nodes.sort_unstable();
         nodes.dedup();
+        let entries = nodes.len().saturating_mul(vnodes_per_node as usize);
+        if entries > MAX_RING_ENTRIES {
+            return Err(RingError::TooLarge { nodes: nodes.len(), vnodes: vnodes_per_node });
+        }
 
-        let mut vnodes = Vec::with_capacity(nodes.len().saturating_mul(vnodes_per_node as usize));
+        let mut vnodes = Vec::with_capacity(entries);
         for id in &nodes {
             let id: Arc<str> = Arc::from(id.as_str());
             vnodes.extend((0..vnodes_per_node).map(|replica| VNode { id: Arc::clone(&id), replica }));
@@ -288,7 +315,7 @@ impl fmt::Debug for Ring {
 }
 
 /// The published form of a ring, stored as JSON in Redis at `{prefix}:ring`:
-/// `{"epoch":7,"vnodes":128,"nodes":["chat-node-0","chat-node-1"]}`.
+/// `{"epoch":7,"vnodes":512,"nodes":["chat-node-0","chat-node-1"]}`.
 ///
 /// Unknown fields are ignored so that a newer publisher may add some.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -552,6 +579,12 @@ mod tests {
         assert_eq!(Ring::new(1, MAX_VNODES + 1, ["a"]), Err(RingError::InvalidVnodes(MAX_VNODES + 1)));
         assert!(Ring::new(1, MAX_VNODES, ["a"]).is_ok());
         assert_eq!(Ring::new(1, 0, Vec::<String>::new()), Err(RingError::InvalidVnodes(0)));
+        // The limit counts distinct nodes (checked before anything is built).
+        let many: Vec<String> = (0..257).chain(0..100).map(|i| format!("n{i}")).collect();
+        assert_eq!(
+            Ring::new(1, MAX_VNODES, many),
+            Err(RingError::TooLarge { nodes: 257, vnodes: MAX_VNODES })
+        );
 
         assert_eq!(Ring::new(1, 8, ["chat-node-0", ""]), Err(RingError::EmptyNodeId));
         assert!(Ring::new(1, 8, ["a".repeat(MAX_NODE_ID_LEN)]).is_ok());
