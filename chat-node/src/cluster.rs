@@ -9,8 +9,7 @@ use futures_util::future::BoxFuture;
 use shardchat_common::{ChannelName, MessageId};
 
 use crate::error::ChatResult;
-use crate::hub::{Event, Hub};
-use crate::owner::{Fanout, Owner, PublishRequest};
+use crate::owner::{Owner, PublishRequest};
 
 pub trait Cluster: Send + Sync + 'static {
     /// Sequences and stores a message; returns its id.
@@ -39,7 +38,7 @@ impl LocalCluster {
 
 impl Cluster for LocalCluster {
     fn publish(&self, req: PublishRequest) -> BoxFuture<'_, ChatResult<MessageId>> {
-        async move { Ok(self.owner.publish(req).await?.id()) }.boxed()
+        async move { Ok(self.owner.publish(req, None).await?.id()) }.boxed()
     }
 
     fn join<'a>(&'a self, channel: &'a ChannelName, user: &'a str) -> BoxFuture<'a, ChatResult<usize>> {
@@ -51,22 +50,10 @@ impl Cluster for LocalCluster {
     }
 
     fn members<'a>(&'a self, channel: &'a ChannelName) -> BoxFuture<'a, ChatResult<Vec<String>>> {
-        self.owner.members(channel).map(Ok).boxed()
+        self.owner.backend().members(channel)
     }
 
     fn member_counts(&self) -> BoxFuture<'_, ChatResult<Vec<(ChannelName, usize)>>> {
-        self.owner.member_counts().map(Ok).boxed()
-    }
-}
-
-/// Fan-out straight into this node's hub (embedded mode).
-pub struct LocalFanout {
-    pub hub: Arc<Hub>,
-}
-
-impl Fanout for LocalFanout {
-    fn fan_out<'a>(&'a self, channel: &'a ChannelName, event: Event) -> BoxFuture<'a, ChatResult<()>> {
-        self.hub.deliver(channel, event);
-        futures_util::future::ready(Ok(())).boxed()
+        self.owner.backend().member_counts()
     }
 }

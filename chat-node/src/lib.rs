@@ -14,6 +14,7 @@ pub mod history;
 pub mod http;
 pub mod hub;
 pub mod lifecycle;
+pub mod local_backend;
 pub mod metrics;
 pub mod moderation;
 pub mod node;

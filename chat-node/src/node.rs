@@ -4,13 +4,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::cluster::{Cluster, LocalCluster, LocalFanout};
+use crate::cluster::{Cluster, LocalCluster};
 use crate::config::Config;
 use crate::directory::Directory;
 use crate::history::HistoryStore;
 use crate::history::memory::MemoryHistory;
 use crate::hub::Hub;
 use crate::lifecycle::Lifecycle;
+use crate::local_backend::LocalBackend;
 use crate::metrics::Metrics;
 use crate::moderation::WordFilter;
 use crate::owner::Owner;
@@ -54,10 +55,9 @@ impl Node {
         let hub = Arc::new(Hub::new(metrics.clone(), config.outbound_queue));
         let memory = Arc::new(MemoryHistory::new());
         let history: Arc<dyn HistoryStore> = memory.clone();
-        let fanout = Arc::new(LocalFanout { hub: hub.clone() });
+        let backend = Arc::new(LocalBackend::new(memory.clone(), hub.clone()));
         let owner = Arc::new(Owner::new(
-            history.clone(),
-            fanout,
+            backend,
             directory.clone(),
             Arc::new(WordFilter::default()),
             metrics.clone(),

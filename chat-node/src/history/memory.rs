@@ -81,8 +81,9 @@ impl MemoryHistory {
     }
 }
 
-impl HistoryStore for MemoryHistory {
-    fn append(&self, draft: Draft, retention: Retention) -> BoxFuture<'_, ChatResult<Arc<StoredMessage>>> {
+impl MemoryHistory {
+    /// Assigns the next id of the channel, stores the message and applies `retention`.
+    pub fn append(&self, draft: Draft, retention: Retention) -> Arc<StoredMessage> {
         let now = now_ms();
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         let log = channels.entry(draft.channel.clone()).or_insert_with(|| ChannelLog::new(retention));
@@ -92,9 +93,11 @@ impl HistoryStore for MemoryHistory {
         let stored = StoredMessage::from_draft(draft, id, now);
         log.entries.push_back(stored.clone());
         log.trim(now);
-        futures_util::future::ready(Ok(stored)).boxed()
+        stored
     }
+}
 
+impl HistoryStore for MemoryHistory {
     fn after<'a>(
         &'a self,
         channel: &'a ChannelName,
@@ -161,7 +164,7 @@ mod tests {
     async fn fill(h: &MemoryHistory, n: usize, keep: u32) -> Vec<MessageId> {
         let mut ids = Vec::new();
         for i in 0..n {
-            ids.push(h.append(draft(&i.to_string()), retention(keep)).await.unwrap().id());
+            ids.push(h.append(draft(&i.to_string()), retention(keep)).id());
         }
         ids
     }
@@ -200,7 +203,7 @@ mod tests {
         let h = MemoryHistory::new();
         let c = ChannelName::new("c").unwrap();
         let zero_age = Retention { max_messages: 100, max_age_seconds: 0 };
-        let id = h.append(draft("old"), zero_age).await.unwrap().id();
+        let id = h.append(draft("old"), zero_age).id();
         // Everything older than "now" is expired; wait a millisecond to be sure.
         tokio::time::sleep(std::time::Duration::from_millis(3)).await;
         assert!(h.latest(&c, 10, None).await.unwrap().is_empty());

@@ -13,7 +13,7 @@ use axum::extract::ws::Utf8Bytes;
 use futures_util::future::BoxFuture;
 use serde_json::{Map, Value};
 use shardchat_common::protocol::{ChatMessage, ServerFrame};
-use shardchat_common::{ChannelName, MessageId, Retention};
+use shardchat_common::{ChannelName, MessageId};
 
 use crate::error::ChatResult;
 
@@ -73,10 +73,9 @@ pub struct Recovery {
     pub complete: bool,
 }
 
+/// Reading history back. Writing is the owner backend's job, because it
+/// must be atomic with fan-out.
 pub trait HistoryStore: Send + Sync + 'static {
-    /// Assigns the next id of the channel, stores the message and applies `retention`.
-    fn append(&self, draft: Draft, retention: Retention) -> BoxFuture<'_, ChatResult<Arc<StoredMessage>>>;
-
     /// Every retained message with an id greater than `since`, oldest first.
     fn after<'a>(&'a self, channel: &'a ChannelName, since: MessageId)
     -> BoxFuture<'a, ChatResult<Recovery>>;
