@@ -1,0 +1,290 @@
+//! What the operator writes to Redis (see docs/redis-layout.md, "Written by
+//! the operator"): the ring, channel configs and close requests.
+//!
+//! Every write that must be atomic is one Lua script, so a node never sees a
+//! half-done change (e.g. a new config without a version bump) and a retried
+//! reconcile is idempotent.
+//!
+//! `Store::Memory` holds the same data in process memory; the reconcile mock
+//! tests use it (and its failure switch) where a Redis server is in the way.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fred::prelude::*;
+use fred::types::config::ReconnectPolicy;
+
+use crate::crd::DeletionPolicy;
+use crate::ring::RingSnapshot;
+
+/// Redis key names under one prefix.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self { prefix: prefix.into() }
+    }
+    pub fn ring(&self) -> String {
+        format!("{}:ring", self.prefix)
+    }
+    pub fn channels(&self) -> String {
+        format!("{}:channels", self.prefix)
+    }
+    pub fn channels_version(&self) -> String {
+        format!("{}:channels:version", self.prefix)
+    }
+    pub fn inbox(&self, node: &str) -> String {
+        format!("{}:inbox:{node}", self.prefix)
+    }
+    pub fn history(&self, channel: &str) -> String {
+        format!("{}:history:{channel}", self.prefix)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("redis: {0}")]
+    Redis(#[from] fred::error::Error),
+    #[error("redis unavailable (test switch)")]
+    MemoryDown,
+    #[error("{key} holds invalid JSON: {source}")]
+    BadJson { key: String, source: serde_json::Error },
+    #[error("ring in redis kept changing under us")]
+    RingContention,
+}
+
+/// Sets KEYS[1] to ARGV[2] only if it currently holds ARGV[1] ('' = absent).
+const CAS_SCRIPT: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if (cur or '') ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+return 1
+";
+
+/// HSET KEYS[1] ARGV[1] ARGV[2] and INCR KEYS[2], only when the value changes.
+const PUT_CONFIG_SCRIPT: &str = r"
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('INCR', KEYS[2])
+return 1
+";
+
+/// HDEL + INCR (when the field existed); with ARGV[2] = 'Delete' also
+/// XADD the close request to KEYS[3] (unless ARGV[3] is '') and DEL KEYS[4].
+const REMOVE_SCRIPT: &str = r"
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 1 then redis.call('INCR', KEYS[2]) end
+if ARGV[2] == 'Delete' then
+  if ARGV[3] ~= '' then redis.call('XADD', KEYS[3], '*', 'k', 'close', 'd', ARGV[3]) end
+  redis.call('DEL', KEYS[4])
+end
+return 1
+";
+
+/// The close request the owner receives on its inbox.
+pub fn close_request(channel: &str) -> String {
+    serde_json::json!({"channel": channel, "reason": "deleted"}).to_string()
+}
+
+/// In-memory stand-in for the Redis data the operator touches.
+#[derive(Debug, Default)]
+pub struct MemoryData {
+    pub down: bool,
+    pub ring: Option<String>,
+    pub channels: BTreeMap<String, String>,
+    pub version: i64,
+    /// inbox key suffix (node) -> list of (k, d)
+    pub inbox: HashMap<String, Vec<(String, String)>>,
+    /// channels whose history was deleted
+    pub history_deleted: Vec<String>,
+}
+
+#[derive(Clone)]
+pub enum Store {
+    Redis { client: Client, keys: Keys },
+    Memory(Arc<Mutex<MemoryData>>),
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Store::Redis { keys, .. } => write!(f, "Store::Redis({})", keys.prefix),
+            Store::Memory(_) => f.write_str("Store::Memory"),
+        }
+    }
+}
+
+impl Store {
+    /// Connects to Redis in the background (reconnecting forever); commands
+    /// fail after `timeout` instead of hanging while Redis is away.
+    pub async fn connect(url: &str, prefix: &str, timeout: Duration) -> Result<Store, StoreError> {
+        let config = Config::from_url(url)?;
+        let client = Builder::from_config(config)
+            .with_connection_config(|c| {
+                c.connection_timeout = timeout;
+                c.internal_command_timeout = timeout;
+                c.max_command_attempts = 1;
+            })
+            .with_performance_config(|p| {
+                p.default_command_timeout = timeout;
+            })
+            .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
+            .build()?;
+        client.connect();
+        // Do not fail start-up when Redis is down: reconciles report
+        // RedisUnavailable and retry until it is back.
+        let _ = tokio::time::timeout(timeout, client.wait_for_connect()).await;
+        Ok(Store::Redis { client, keys: Keys::new(prefix) })
+    }
+
+    pub fn memory() -> (Store, Arc<Mutex<MemoryData>>) {
+        let data = Arc::new(Mutex::new(MemoryData::default()));
+        (Store::Memory(data.clone()), data)
+    }
+
+    fn mem(data: &Mutex<MemoryData>) -> Result<std::sync::MutexGuard<'_, MemoryData>, StoreError> {
+        let guard = data.lock().expect("memory store lock");
+        if guard.down { Err(StoreError::MemoryDown) } else { Ok(guard) }
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Redis { client, .. } => {
+                let _: String = client.ping(None).await?;
+                Ok(())
+            }
+            Store::Memory(d) => Self::mem(d).map(|_| ()),
+        }
+    }
+
+    /// The raw `{p}:ring` value.
+    pub async fn ring_raw(&self) -> Result<Option<String>, StoreError> {
+        match self {
+            Store::Redis { client, keys } => Ok(client.get(keys.ring()).await?),
+            Store::Memory(d) => Ok(Self::mem(d)?.ring.clone()),
+        }
+    }
+
+    /// The parsed `{p}:ring` value.
+    pub async fn ring(&self) -> Result<Option<RingSnapshot>, StoreError> {
+        parse_ring(self.ring_raw().await?)
+    }
+
+    /// Replaces `{p}:ring` if it still holds `expected`. Returns false when
+    /// someone else changed it meanwhile.
+    pub async fn cas_ring(&self, expected: Option<&str>, new: &RingSnapshot) -> Result<bool, StoreError> {
+        let new = serde_json::to_string(new).expect("ring serializes");
+        match self {
+            Store::Redis { client, keys } => {
+                let done: i64 =
+                    client.eval(CAS_SCRIPT, vec![keys.ring()], vec![expected.unwrap_or(""), &new]).await?;
+                Ok(done == 1)
+            }
+            Store::Memory(d) => {
+                let mut m = Self::mem(d)?;
+                if m.ring.as_deref() != expected {
+                    return Ok(false);
+                }
+                m.ring = Some(new);
+                Ok(true)
+            }
+        }
+    }
+
+    /// Publishes one channel config; returns whether Redis changed.
+    pub async fn put_config(&self, channel: &str, json: &str) -> Result<bool, StoreError> {
+        match self {
+            Store::Redis { client, keys } => {
+                let changed: i64 = client
+                    .eval(
+                        PUT_CONFIG_SCRIPT,
+                        vec![keys.channels(), keys.channels_version()],
+                        vec![channel, json],
+                    )
+                    .await?;
+                Ok(changed == 1)
+            }
+            Store::Memory(d) => {
+                let mut m = Self::mem(d)?;
+                if m.channels.get(channel).map(String::as_str) == Some(json) {
+                    return Ok(false);
+                }
+                m.channels.insert(channel.to_string(), json.to_string());
+                m.version += 1;
+                Ok(true)
+            }
+        }
+    }
+
+    pub async fn get_config(&self, channel: &str) -> Result<Option<String>, StoreError> {
+        match self {
+            Store::Redis { client, keys } => Ok(client.hget(keys.channels(), channel).await?),
+            Store::Memory(d) => Ok(Self::mem(d)?.channels.get(channel).cloned()),
+        }
+    }
+
+    /// Undeclares a channel per `policy` (docs/redis-layout.md, "Channel
+    /// deletion"). `owner` receives the close request (Delete only).
+    pub async fn remove_channel(
+        &self,
+        channel: &str,
+        policy: DeletionPolicy,
+        owner: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let policy_arg = match policy {
+            DeletionPolicy::Delete => "Delete",
+            DeletionPolicy::Retain => "Retain",
+        };
+        let close = owner.map(|_| close_request(channel)).unwrap_or_default();
+        match self {
+            Store::Redis { client, keys } => {
+                let inbox = keys.inbox(owner.unwrap_or("_"));
+                let _: i64 = client
+                    .eval(
+                        REMOVE_SCRIPT,
+                        vec![keys.channels(), keys.channels_version(), inbox, keys.history(channel)],
+                        vec![channel, policy_arg, close.as_str()],
+                    )
+                    .await?;
+                Ok(())
+            }
+            Store::Memory(d) => {
+                let mut m = Self::mem(d)?;
+                if m.channels.remove(channel).is_some() {
+                    m.version += 1;
+                }
+                if policy == DeletionPolicy::Delete {
+                    if let Some(owner) = owner {
+                        m.inbox.entry(owner.to_string()).or_default().push(("close".into(), close));
+                    }
+                    m.history_deleted.push(channel.to_string());
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+fn parse_ring(raw: Option<String>) -> Result<Option<RingSnapshot>, StoreError> {
+    raw.map(|s| serde_json::from_str(&s).map_err(|source| StoreError::BadJson { key: "ring".into(), source }))
+        .transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_names_follow_the_layout() {
+        let k = Keys::new("shardchat");
+        assert_eq!(k.ring(), "shardchat:ring");
+        assert_eq!(k.channels(), "shardchat:channels");
+        assert_eq!(k.channels_version(), "shardchat:channels:version");
+        assert_eq!(k.inbox("chat-node-1"), "shardchat:inbox:chat-node-1");
+        assert_eq!(k.history("town-137"), "shardchat:history:town-137");
+        assert_eq!(close_request("town-137"), r#"{"channel":"town-137","reason":"deleted"}"#);
+    }
+}
