@@ -3,6 +3,8 @@
 //! (docs/operator.md, docs/redis-layout.md).
 
 pub mod controller;
+#[cfg(test)]
+mod controller_tests;
 pub mod crd;
 pub mod http;
 pub mod leader;
