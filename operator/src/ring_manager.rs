@@ -42,7 +42,7 @@ async fn epoch_floor(client: &Client, namespace: &str) -> Result<u64, kube::Erro
 
 /// Writes `members` as the ring (if needed) and returns what `{p}:ring` now
 /// holds.
-async fn publish(
+pub async fn publish(
     store: &Store,
     members: &[String],
     vnodes: u32,
