@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{Semaphore, mpsc, watch};
-use tokio::time::{Instant, MissedTickBehavior, interval, sleep_until};
+use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until};
 
 use crate::client::{SetupEvent, Shared, Timeline, run_connection};
 use crate::latency::{Percentiles, ShardedHistogram};
@@ -74,7 +74,7 @@ pub async fn run(plan: Plan, opts: Options) -> anyhow::Result<Summary> {
     // connection's setup is bounded by the connect timeout; the watchdog
     // only guards against a task that died without reporting.
     let (mut joined, mut failed) = (0usize, 0usize);
-    let mut tick = interval(Duration::from_secs(2));
+    let mut tick = interval_at(Instant::now() + Duration::from_secs(2), Duration::from_secs(2));
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let watchdog = opts.connect_timeout * 2 + Duration::from_secs(5);
     let mut last_event = Instant::now();
