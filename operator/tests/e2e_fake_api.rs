@@ -1,0 +1,268 @@
+//! End to end: the real operator (`chat_operator::run`: lease manager,
+//! pod watcher, ring manager, Controller, finalizer, event recorder) against
+//! the in-repo fake API server over real HTTP, with a real redis-server.
+//!
+//! Chat-node pods are simulated as Pod objects whose Ready condition the
+//! test sets (no chat-node process runs here).
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chat_operator::crd::{ChatChannel, ChatChannelSpec, DeletionPolicy, RetentionSpec};
+use chat_operator::ring::{Ring, RingSnapshot};
+use chat_operator::{Health, RunArgs};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use support::fake_api::FakeApi;
+use support::redis::RedisServer;
+
+const NS: &str = "games";
+const PREFIX: &str = "e2e";
+
+async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn pod(name: &str, ready_since_secs_ago: i64) -> Pod {
+    use k8s_openapi::jiff::Timestamp;
+    // API timestamps have whole seconds: round up, so "ready since" is never
+    // earlier than the moment the test starts measuring.
+    let ltt = Timestamp::from_second(Timestamp::now().as_second() + 1 - ready_since_secs_ago).unwrap();
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "chat-node"}},
+        "spec": {"containers": [{"name": "chat-node", "image": "chat-node"}]},
+        "status": {"phase": "Running", "conditions": [
+            {"type": "Ready", "status": "True", "lastTransitionTime": ltt.to_string()}
+        ]}
+    }))
+    .unwrap()
+}
+
+fn ring_in(redis: &RedisServer) -> Option<RingSnapshot> {
+    let raw = redis.cli(&["GET", &format!("{PREFIX}:ring")]);
+    if raw.is_empty() { None } else { Some(serde_json::from_str(&raw).unwrap()) }
+}
+
+fn config_in(redis: &RedisServer, channel: &str) -> String {
+    redis.cli(&["HGET", &format!("{PREFIX}:channels"), channel])
+}
+
+fn version_in(redis: &RedisServer) -> i64 {
+    redis.cli(&["GET", &format!("{PREFIX}:channels:version")]).parse().unwrap_or(0)
+}
+
+/// metadata.name -> (node, ringEpoch) for every Ready ChatChannel.
+async fn assignments(api: &Api<ChatChannel>) -> BTreeMap<String, (String, u64)> {
+    api.list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|c| c.ready_condition().is_some_and(|r| r.status == "True"))
+        .filter_map(|c| {
+            let s = c.status.clone()?;
+            Some((c.name_any(), (s.node?, s.ring_epoch?)))
+        })
+        .collect()
+}
+
+fn start_operator(
+    client: Client,
+    redis: &RedisServer,
+    identity: &str,
+) -> (Arc<Health>, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let mut args = RunArgs::with_redis(&redis.url());
+    args.redis_prefix = PREFIX.into();
+    args.namespace = Some(NS.into());
+    args.ring_debounce = Duration::from_secs(1);
+    args.requeue = Duration::from_secs(2);
+    args.lease_duration = Duration::from_secs(4);
+    args.lease_grace = Duration::from_secs(1);
+    args.identity = Some(identity.into());
+    let health = Arc::new(Health::default());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let h = health.clone();
+    let task = tokio::spawn(async move {
+        chat_operator::run(client, args, h, async {
+            let _ = stop_rx.await;
+        })
+        .await
+        .unwrap();
+    });
+    (health, stop_tx, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_assigns_rebalances_edits_and_deletes_channels() {
+    let redis = RedisServer::start();
+    let fake = FakeApi::start().await;
+    let client = fake.client(NS);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let channels: Api<ChatChannel> = Api::namespaced(client.clone(), NS);
+    for i in 0..3 {
+        pods.create(&PostParams::default(), &pod(&format!("chat-node-{i}"), 60)).await.unwrap();
+    }
+    // A pod of something else must not join the ring.
+    let mut other = pod("redis-0", 60);
+    other.metadata.labels = Some([("app.kubernetes.io/name".to_string(), "redis".to_string())].into());
+    pods.create(&PostParams::default(), &other).await.unwrap();
+
+    let (health, stop, task) = start_operator(client.clone(), &redis, "op-0");
+
+    // Declare 40 channels plus town-137 (short history, Delete policy).
+    for i in 0..40 {
+        let c = ChatChannel::new(&format!("town-{i}"), ChatChannelSpec::default());
+        channels.create(&PostParams::default(), &c).await.unwrap();
+    }
+    let town = ChatChannel::new(
+        "town-137",
+        ChatChannelSpec {
+            retention: Some(RetentionSpec { max_messages: Some(100), max_age_seconds: Some(3600) }),
+            deletion_policy: DeletionPolicy::Delete,
+            ..Default::default()
+        },
+    );
+    channels.create(&PostParams::default(), &town).await.unwrap();
+
+    // 1. Every channel gets a node, from the ring the operator published.
+    let before = wait_for("41 Ready channels", Duration::from_secs(20), || async {
+        let a = assignments(&channels).await;
+        (a.len() == 41).then_some(a)
+    })
+    .await;
+    let ring1 = ring_in(&redis).expect("ring published");
+    assert_eq!(ring1.nodes, ["chat-node-0", "chat-node-1", "chat-node-2"]);
+    assert_eq!(ring1.vnodes, chat_operator::ring::DEFAULT_VNODES);
+    let r1 = Ring::try_from(ring1.clone()).unwrap();
+    for (name, (node, epoch)) in &before {
+        assert_eq!(*epoch, ring1.epoch);
+        assert_eq!(Some(node.as_str()), r1.owner(name), "{name}");
+    }
+    assert_eq!(
+        config_in(&redis, "town-137"),
+        r#"{"name":"town-137","retention":{"maxMessages":100,"maxAgeSeconds":3600},"access":{}}"#
+    );
+    assert_eq!(
+        config_in(&redis, "town-5"),
+        r#"{"name":"town-5","retention":{"maxMessages":1000,"maxAgeSeconds":86400},"access":{}}"#
+    );
+    let obj = channels.get("town-137").await.unwrap();
+    assert!(obj.finalizers().contains(&chat_operator::crd::FINALIZER.to_string()));
+    assert_eq!(obj.status.as_ref().unwrap().observed_generation, Some(1));
+
+    // 2. Scale 3 -> 4: after the debounce, a new epoch; only moved channels
+    //    change node, and all of them move to the new node.
+    let scaled_at = Instant::now();
+    pods.create(&PostParams::default(), &pod("chat-node-3", 0)).await.unwrap();
+    let ring2 = wait_for("ring with 4 nodes", Duration::from_secs(20), || async {
+        ring_in(&redis).filter(|r| r.nodes.len() == 4)
+    })
+    .await;
+    let join_delay = scaled_at.elapsed();
+    assert!(join_delay >= Duration::from_secs(1), "debounce not honoured: {join_delay:?}");
+    assert_eq!(ring2.epoch, ring1.epoch + 1);
+    let after = wait_for("statuses at the new epoch", Duration::from_secs(20), || async {
+        let a = assignments(&channels).await;
+        (a.len() == 41 && a.values().all(|(_, e)| *e == ring2.epoch)).then_some(a)
+    })
+    .await;
+    let moved: Vec<&String> = before.keys().filter(|k| before[*k].0 != after[*k].0).collect();
+    assert!(!moved.is_empty(), "nothing moved to the new node");
+    for k in &moved {
+        assert_eq!(after[*k].0, "chat-node-3", "{k} moved between old nodes");
+    }
+    println!("scale 3->4: ring joined after {join_delay:?}, {} of 41 channels moved", moved.len());
+
+    // 3. Edit retention: the config in Redis follows, with a version bump.
+    let version = version_in(&redis);
+    channels
+        .patch(
+            "town-137",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"retention": {"maxMessages": 5}}})),
+        )
+        .await
+        .unwrap();
+    wait_for("edited config in redis", Duration::from_secs(10), || async {
+        config_in(&redis, "town-137").contains(r#""maxMessages":5,"#).then_some(())
+    })
+    .await;
+    assert!(version_in(&redis) > version);
+    wait_for("observedGeneration 2", Duration::from_secs(10), || async {
+        let c = channels.get("town-137").await.unwrap();
+        (c.status?.observed_generation == Some(2)).then_some(())
+    })
+    .await;
+
+    // 4. Drift: a config deleted by hand comes back with the periodic requeue.
+    redis.cli(&["HDEL", &format!("{PREFIX}:channels"), "town-5"]);
+    wait_for("repaired config", Duration::from_secs(10), || async {
+        (!config_in(&redis, "town-5").is_empty()).then_some(())
+    })
+    .await;
+
+    // 5. Delete with policy Delete: config and history gone, owner told to
+    //    close, finalizer removed, object gone.
+    let owner = after["town-137"].0.clone();
+    redis.cli(&["XADD", &format!("{PREFIX}:history:town-137"), "*", "m", "hello"]);
+    channels.delete("town-137", &DeleteParams::default()).await.unwrap();
+    wait_for("town-137 removed", Duration::from_secs(10), || async {
+        channels.get_opt("town-137").await.unwrap().is_none().then_some(())
+    })
+    .await;
+    assert_eq!(config_in(&redis, "town-137"), "");
+    assert_eq!(redis.cli(&["EXISTS", &format!("{PREFIX}:history:town-137")]), "0");
+    let inbox = redis.cli(&["XRANGE", &format!("{PREFIX}:inbox:{owner}"), "-", "+"]);
+    assert!(inbox.contains(r#"{"channel":"town-137","reason":"deleted"}"#), "{inbox}");
+
+    // 6. Scale back 4 -> 3: the moved channels return to their old owners.
+    pods.delete("chat-node-3", &DeleteParams::default()).await.unwrap();
+    let ring3 = wait_for("ring with 3 nodes", Duration::from_secs(20), || async {
+        ring_in(&redis).filter(|r| r.nodes.len() == 3)
+    })
+    .await;
+    assert_eq!(ring3.epoch, ring2.epoch + 1);
+    let back = wait_for("statuses at the third epoch", Duration::from_secs(20), || async {
+        let a = assignments(&channels).await;
+        (a.len() == 40 && a.values().all(|(_, e)| *e == ring3.epoch)).then_some(a)
+    })
+    .await;
+    for (k, (node, _)) in &back {
+        assert_eq!(*node, before[k].0, "{k}");
+    }
+
+    // Events and metrics.
+    let events = fake.objects("events", NS);
+    let reasons: Vec<&str> = events.iter().filter_map(|e| e["reason"].as_str()).collect();
+    for r in ["Assigned", "Reassigned", "Deleted"] {
+        assert!(reasons.contains(&r), "no {r} event in {reasons:?}");
+    }
+    let metrics = health.metrics.render();
+    assert!(metrics.contains("chat_operator_leader 1"), "{metrics}");
+    assert!(metrics.contains(&format!("chat_operator_ring_epoch {}", ring3.epoch)), "{metrics}");
+    assert!(metrics.contains("chat_operator_reconciles_total"), "{metrics}");
+    assert!(metrics.contains("chat_operator_channels{node=\"chat-node-0\"}"), "{metrics}");
+    let lease = fake.object("leases", NS, "chat-operator").expect("lease");
+    assert_eq!(lease["spec"]["holderIdentity"], "op-0");
+
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), task).await.expect("operator stops").unwrap();
+}
