@@ -445,6 +445,22 @@ mod tests {
     }
 
     #[test]
+    fn examples_are_valid_chatchannels() {
+        for (file, text) in [
+            ("town-137.yaml", include_str!("../../examples/town-137.yaml")),
+            ("guild.yaml", include_str!("../../examples/guild.yaml")),
+            ("global-moderated.yaml", include_str!("../../examples/global-moderated.yaml")),
+        ] {
+            let c: ChatChannel = serde_saphyr::from_str(text).unwrap_or_else(|e| panic!("{file}: {e}"));
+            let config = c.channel_config().unwrap_or_else(|e| panic!("{file}: {e}"));
+            assert!(!config.name.as_str().is_empty());
+        }
+        let guild: ChatChannel = serde_saphyr::from_str(include_str!("../../examples/guild.yaml")).unwrap();
+        assert_eq!(guild.channel_name(), "guild:42");
+        assert_eq!(guild.spec.deletion_policy, DeletionPolicy::Retain);
+    }
+
+    #[test]
     fn committed_crd_matches_the_rust_types() {
         let committed = include_str!("../../crds/chatchannel.yaml");
         assert!(
