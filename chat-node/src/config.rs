@@ -22,6 +22,36 @@ pub struct Config {
     #[arg(long, env = "CHAT_REDIS_URL")]
     pub redis_url: Option<String>,
 
+    /// Key prefix in Redis, so several installs can share one Redis.
+    #[arg(long, env = "CHAT_REDIS_PREFIX", default_value = "shardchat")]
+    pub redis_prefix: String,
+
+    /// Static ring members (node ids, comma-separated) for running several nodes without the
+    /// operator. Absent in Redis mode: follow the ring the operator publishes in Redis.
+    #[arg(long, env = "CHAT_PEERS", value_delimiter = ',')]
+    pub peers: Vec<String>,
+
+    /// Virtual nodes per node in a `--peers` ring (the operator's ring carries its own).
+    #[arg(long, env = "CHAT_VNODES", default_value_t = shardchat_common::DEFAULT_VNODES)]
+    pub vnodes: u32,
+
+    /// Bound on each Redis command; past it clients get `unavailable`.
+    #[arg(long, env = "CHAT_REDIS_TIMEOUT", value_parser = parse_duration, default_value = "2s")]
+    pub redis_timeout: Duration,
+
+    /// Bound on a request to another node's channel owner (publish, join, leave).
+    #[arg(long, env = "CHAT_REQUEST_TIMEOUT", value_parser = parse_duration, default_value = "5s")]
+    pub request_timeout: Duration,
+
+    /// A node whose heartbeat is older than this counts as dead: its members
+    /// leave their channels. Heartbeats go out every fifth of it.
+    #[arg(long, env = "CHAT_NODE_TTL", value_parser = parse_duration, default_value = "10s")]
+    pub node_ttl: Duration,
+
+    /// Approximate cap on each node's inbox stream.
+    #[arg(long, env = "CHAT_INBOX_MAXLEN", default_value_t = 100_000)]
+    pub inbox_maxlen: u64,
+
     /// Declared channels (YAML or JSON list of channel configs) for running without the operator.
     #[arg(long, env = "CHAT_CHANNELS")]
     pub channels: Option<PathBuf>,

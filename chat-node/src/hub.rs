@@ -43,8 +43,16 @@ impl PresenceFrame {
 }
 
 enum SubState {
-    Recovering { buffered: Vec<Event> },
-    Live { last: Option<MessageId> },
+    /// Joining (`resync: false`) or resynchronising after the node lost its
+    /// registrations (`resync: true`): live events wait in `buffered`.
+    Recovering {
+        buffered: Vec<Event>,
+        last: Option<MessageId>,
+        resync: bool,
+    },
+    Live {
+        last: Option<MessageId>,
+    },
 }
 
 struct Subscriber {
@@ -96,7 +104,10 @@ impl Hub {
         let mut ch = ch.lock().unwrap_or_else(|p| p.into_inner());
         ch.subscribers.insert(
             handle.id,
-            Subscriber { handle: handle.clone(), state: SubState::Recovering { buffered: Vec::new() } },
+            Subscriber {
+                handle: handle.clone(),
+                state: SubState::Recovering { buffered: Vec::new(), last: None, resync: false },
+            },
         );
         let count = ch.users.entry(handle.user.clone()).or_insert(0);
         *count += 1;
@@ -116,15 +127,29 @@ impl Hub {
         let Some(ch) = self.channel(channel) else { return };
         let mut ch = ch.lock().unwrap_or_else(|p| p.into_inner());
         let Some(sub) = ch.subscribers.get_mut(&session_id) else { return };
+        if matches!(sub.state, SubState::Recovering { resync: false, .. }) {
+            self.go_live(sub, reply, since, &backlog);
+        }
+    }
+
+    /// Queues `reply`, then `backlog`, then the buffered events, skipping
+    /// ids at or below `last`, and makes `sub` live.
+    fn go_live(
+        &self,
+        sub: &mut Subscriber,
+        reply: Option<Utf8Bytes>,
+        last: Option<MessageId>,
+        backlog: &[Arc<StoredMessage>],
+    ) {
         let buffered = match &mut sub.state {
-            SubState::Recovering { buffered } => std::mem::take(buffered),
+            SubState::Recovering { buffered, .. } => std::mem::take(buffered),
             SubState::Live { .. } => return,
         };
-        let mut last = since;
+        let mut last = last;
         let mut frames: Vec<Utf8Bytes> = Vec::with_capacity(1 + backlog.len() + buffered.len());
         frames.extend(reply);
         let mut delivered = 0;
-        let messages = backlog.into_iter().map(Event::Message).chain(buffered);
+        let messages = backlog.iter().cloned().map(Event::Message).chain(buffered);
         for event in messages {
             if let Some(frame) = admit(&mut last, &event) {
                 delivered += matches!(event, Event::Message(_)) as u64;
@@ -132,8 +157,33 @@ impl Hub {
             }
         }
         sub.state = SubState::Live { last };
-        if sub.handle.send(Outbound::Batch(frames)) {
+        if frames.is_empty() || sub.handle.send(Outbound::Batch(frames)) {
             self.metrics.delivered.inc_by(delivered);
+        }
+    }
+
+    /// Starts a resynchronisation of `channel` (after this node's
+    /// registrations were lost): live subscribers buffer events until
+    /// [`resume`](Self::resume) hands them what they missed.
+    pub fn pause(&self, channel: &ChannelName) {
+        let Some(ch) = self.channel(channel) else { return };
+        let mut ch = ch.lock().unwrap_or_else(|p| p.into_inner());
+        for sub in ch.subscribers.values_mut() {
+            if let SubState::Live { last } = sub.state {
+                sub.state = SubState::Recovering { buffered: Vec::new(), last, resync: true };
+            }
+        }
+    }
+
+    /// Ends a resynchronisation: each paused subscriber gets the messages of
+    /// `backlog` and of its buffer that it has not seen, in id order.
+    pub fn resume(&self, channel: &ChannelName, backlog: &[Arc<StoredMessage>]) {
+        let Some(ch) = self.channel(channel) else { return };
+        let mut ch = ch.lock().unwrap_or_else(|p| p.into_inner());
+        for sub in ch.subscribers.values_mut() {
+            if let SubState::Recovering { last, resync: true, .. } = sub.state {
+                self.go_live(sub, None, last, backlog);
+            }
         }
     }
 
@@ -181,7 +231,7 @@ impl Hub {
         let mut delivered = 0;
         for sub in ch.subscribers.values_mut() {
             match &mut sub.state {
-                SubState::Recovering { buffered } => {
+                SubState::Recovering { buffered, .. } => {
                     if buffered.len() >= self.max_buffered {
                         sub.handle.close(crate::session::outbound::CloseReason::SLOW_CONSUMER);
                     } else {

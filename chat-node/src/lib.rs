@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod moderation;
 pub mod node;
 pub mod owner;
+pub mod redis;
 pub mod server;
 pub mod session;
 

@@ -9,9 +9,9 @@ async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     init_tracing(config.log_format);
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
-    let node = Node::start(config)?;
+    let node = Node::start(config).await?;
     let addr = listener.local_addr()?;
-    tracing::info!(node_id = %node.node_id, %addr, mode = "embedded", "chat-node listening; open http://{addr}/");
+    tracing::info!(node_id = %node.node_id, %addr, mode = node.mode(), "chat-node listening; open http://{addr}/");
     if node.config.admin_token.is_none() {
         tracing::info!(
             "no --admin-token: server-side publishing (POST /v1/channels/{{channel}}/messages) is disabled"

@@ -15,6 +15,13 @@ use crate::local_backend::LocalBackend;
 use crate::metrics::Metrics;
 use crate::moderation::WordFilter;
 use crate::owner::Owner;
+use crate::redis::backend::RedisBackend;
+use crate::redis::cluster::RedisCluster;
+use crate::redis::history::RedisHistory;
+use crate::redis::ring_view::RingView;
+use crate::redis::upkeep::Upkeep;
+use crate::redis::{RedisCtx, RedisSettings};
+use shardchat_common::Ring;
 
 pub struct Node {
     pub config: Config,
@@ -24,7 +31,7 @@ pub struct Node {
     pub history: Arc<dyn HistoryStore>,
     pub directory: Arc<Directory>,
     pub metrics: Arc<Metrics>,
-    pub lifecycle: Lifecycle,
+    pub lifecycle: Arc<Lifecycle>,
     next_session_id: AtomicU64,
 }
 
@@ -32,44 +39,105 @@ pub struct Node {
 pub enum StartError {
     #[error(transparent)]
     Channels(#[from] crate::directory::DirectoryFileError),
-    #[error(
-        "Redis mode (--redis-url) is not available in this build yet; run without it for the embedded mode"
-    )]
-    RedisNotYet,
+    #[error(transparent)]
+    Redis(#[from] crate::redis::ConnectError),
+    #[error("invalid --peers ring: {0}")]
+    Peers(#[from] shardchat_common::RingError),
+    #[error("--node-id {0:?} is not a valid ring member id: {1}")]
+    NodeId(String, shardchat_common::RingError),
 }
 
 impl Node {
-    /// Builds the node for `config`. Background upkeep tasks are spawned on
-    /// the current runtime.
-    pub fn start(config: Config) -> Result<Arc<Node>, StartError> {
+    /// Builds the node for `config`: embedded without `--redis-url`,
+    /// cluster mode with it. Background tasks are spawned on the current runtime.
+    pub async fn start(config: Config) -> Result<Arc<Node>, StartError> {
         let node_id: Arc<str> = Arc::from(config.resolved_node_id());
         let metrics = Arc::new(Metrics::new());
         let directory =
             Arc::new(Directory::new(config.dynamic_channels, config.moderation.into(), config.max_members));
-        if let Some(path) = &config.channels {
-            directory.replace_all(Directory::load_file(path)?);
-        }
-        if config.redis_url.is_some() {
-            return Err(StartError::RedisNotYet);
-        }
+        let file_channels = match &config.channels {
+            Some(path) => Directory::load_file(path)?,
+            None => Vec::new(),
+        };
+        directory.replace_all(file_channels.clone());
         let hub = Arc::new(Hub::new(metrics.clone(), config.outbound_queue));
-        let memory = Arc::new(MemoryHistory::new());
-        let history: Arc<dyn HistoryStore> = memory.clone();
-        let backend = Arc::new(LocalBackend::new(memory.clone(), hub.clone()));
-        let owner = Arc::new(Owner::new(
-            backend,
-            directory.clone(),
-            Arc::new(WordFilter::default()),
-            metrics.clone(),
-        ));
-        let cluster = Arc::new(LocalCluster::new(owner, node_id.clone()));
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(30));
-            loop {
-                tick.tick().await;
-                memory.sweep();
+        let lifecycle = Arc::new(Lifecycle::default());
+        let filter = Arc::new(WordFilter::default());
+        let (cluster, history): (Arc<dyn Cluster>, Arc<dyn HistoryStore>) = match &config.redis_url {
+            None => {
+                let memory = Arc::new(MemoryHistory::new());
+                let backend = Arc::new(LocalBackend::new(memory.clone(), hub.clone()));
+                let owner = Arc::new(Owner::new(backend, directory.clone(), filter, metrics.clone()));
+                let sweeper = memory.clone();
+                tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(Duration::from_secs(30));
+                    loop {
+                        tick.tick().await;
+                        sweeper.sweep();
+                    }
+                });
+                (Arc::new(LocalCluster::new(owner, node_id.clone())), memory)
             }
-        });
+            Some(url) => {
+                shardchat_common::ring::validate_node_id(&node_id)
+                    .map_err(|e| StartError::NodeId(node_id.to_string(), e))?;
+                let settings = RedisSettings {
+                    url: url.clone(),
+                    prefix: config.redis_prefix.clone(),
+                    command_timeout: config.redis_timeout,
+                    request_timeout: config.request_timeout,
+                    inbox_maxlen: config.inbox_maxlen,
+                };
+                let redis = RedisCtx::connect(settings).await?;
+                lifecycle.set_ready(false);
+                let static_ring = !config.peers.is_empty();
+                let initial = if static_ring {
+                    Ring::new(1, config.vnodes, config.peers.iter().map(|p| p.trim()))?
+                } else {
+                    Ring::new(0, config.vnodes, Vec::<String>::new())?
+                };
+                let ring = Arc::new(RingView::new(initial, node_id.clone()));
+                let edge_id: Arc<str> = Arc::from(format!("{node_id}#{}", incarnation()));
+                let backend = Arc::new(RedisBackend::new(redis.clone()));
+                let owner = Arc::new(Owner::new(backend.clone(), directory.clone(), filter, metrics.clone()));
+                let cluster = Arc::new(RedisCluster::new(
+                    redis.clone(),
+                    owner.clone(),
+                    backend,
+                    ring.clone(),
+                    node_id.clone(),
+                    edge_id,
+                ));
+                if !static_ring {
+                    let (ring2, owner2, redis2) = (ring.clone(), owner.clone(), redis.clone());
+                    tokio::spawn(ring.clone().follow(redis2, move || {
+                        owner2.retain_channels(|c| ring2.is_mine(c.as_str()));
+                    }));
+                }
+                tokio::spawn(crate::redis::inbox::consume(
+                    redis.clone(),
+                    node_id.clone(),
+                    hub.clone(),
+                    cluster.clone(),
+                ));
+                let history: Arc<dyn HistoryStore> =
+                    Arc::new(RedisHistory::new(redis.clone(), directory.clone()));
+                Arc::new(Upkeep {
+                    redis: redis.clone(),
+                    cluster: cluster.clone(),
+                    ring,
+                    hub: hub.clone(),
+                    history: history.clone(),
+                    directory: directory.clone(),
+                    node_id: node_id.clone(),
+                    lifecycle: lifecycle.clone(),
+                    file_channels,
+                    node_ttl: config.node_ttl.max(Duration::from_millis(500)),
+                })
+                .spawn();
+                (cluster, history)
+            }
+        };
         Ok(Arc::new(Node {
             config,
             node_id,
@@ -78,12 +146,27 @@ impl Node {
             history,
             directory,
             metrics,
-            lifecycle: Lifecycle::default(),
+            lifecycle,
             next_session_id: AtomicU64::new(1),
         }))
+    }
+
+    pub fn mode(&self) -> &'static str {
+        if self.config.redis_url.is_some() { "cluster" } else { "embedded" }
     }
 
     pub fn next_session_id(&self) -> u64 {
         self.next_session_id.fetch_add(1, Ordering::Relaxed)
     }
+}
+
+/// A value that differs between runs of the same node (restarts).
+fn incarnation() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0),
+    );
+    h.write_u32(std::process::id());
+    format!("{:012x}", h.finish() & 0xffff_ffff_ffff)
 }

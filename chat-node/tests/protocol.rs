@@ -3,7 +3,7 @@
 mod support;
 
 use serde_json::json;
-use support::{TestNode, id_of};
+use support::TestNode;
 
 #[tokio::test]
 async fn every_op_round_trips_with_its_id() {
@@ -247,5 +247,4 @@ async fn every_error_code_is_exported_as_a_metric() {
             "{code:?}"
         );
     }
-    let _ = id_of; // shared helper used by other test files
 }

@@ -5,8 +5,14 @@
 //!   readiness, read their logs, stop them gracefully or kill them.
 //! * [`cdp`]: drive headless Chromium over the DevTools Protocol, for the
 //!   browser page.
+//! * [`client`]: an async WebSocket client speaking protocol v1, and a
+//!   minimal HTTP client for the REST API.
+//! * [`redis`]: a private `redis-server` on a free loopback port that tests
+//!   can stop, kill and restart.
 //!
 //! The tests themselves live in `tests/tests/`.
 
 pub mod cdp;
+pub mod client;
 pub mod node;
+pub mod redis;

@@ -1,0 +1,216 @@
+//! Background upkeep of a node in cluster mode:
+//!
+//! * heartbeat `{p}:alive:<edge>` every `--node-ttl`/5 (TTL `--node-ttl`) — readiness follows
+//!   it, and a missing key means Redis lost our state (restart), so this
+//!   edge registers its memberships again and recreates its consumer group;
+//! * dead-edge cleanup every `--node-ttl`/2 for the channels this node owns: members
+//!   on an edge whose heartbeat expired leave (with presence `leave`);
+//! * channel config following: `{p}:channels` is re-read when
+//!   `{p}:channels:version` moves.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fred::prelude::*;
+use fred::types::Expiration;
+use shardchat_common::{ChannelConfig, ChannelName};
+
+use super::RedisCtx;
+use super::cluster::RedisCluster;
+use super::inbox;
+use super::ring_view::RingView;
+use crate::clock::now_ms;
+use crate::directory::Directory;
+use crate::history::HistoryStore;
+use crate::hub::Hub;
+use crate::lifecycle::Lifecycle;
+
+pub struct Upkeep {
+    pub redis: Arc<RedisCtx>,
+    pub cluster: Arc<RedisCluster>,
+    pub ring: Arc<RingView>,
+    pub hub: Arc<Hub>,
+    pub history: Arc<dyn HistoryStore>,
+    pub directory: Arc<Directory>,
+    pub node_id: Arc<str>,
+    pub lifecycle: Arc<Lifecycle>,
+    /// Channels declared by `--channels`, merged under the operator's.
+    pub file_channels: Vec<ChannelConfig>,
+    /// Heartbeat time-to-live (`--node-ttl`).
+    pub node_ttl: Duration,
+}
+
+impl Upkeep {
+    pub fn spawn(self: Arc<Self>) {
+        tokio::spawn(self.clone().heartbeat());
+        tokio::spawn(self.clone().sweep_dead_edges());
+        tokio::spawn(self.follow_config());
+    }
+
+    async fn heartbeat(self: Arc<Self>) {
+        let edge = self.cluster.edge_id().clone();
+        let key = self.redis.keys.alive(&edge);
+        let mut first = true;
+        // Wall time of the last heartbeat that found our state intact.
+        let mut last_intact_ms = now_ms();
+        let mut tick = tokio::time::interval(self.node_ttl / 5);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let previous: Result<Option<String>, _> = self
+                .redis
+                .client
+                .set(&key, "1", Some(Expiration::PX(self.node_ttl.as_millis() as i64)), None, true)
+                .await;
+            match previous {
+                Ok(previous) => {
+                    if first {
+                        self.retire_old_incarnations().await;
+                        if let Err(e) = inbox::ensure_group(&self.redis, &self.node_id).await {
+                            tracing::warn!(error = %e, "creating the inbox consumer group failed");
+                            continue;
+                        }
+                        first = false;
+                    } else if previous.is_none() {
+                        tracing::warn!(
+                            "this node's heartbeat vanished from Redis (restart?); re-registering"
+                        );
+                        if let Err(e) = inbox::ensure_group(&self.redis, &self.node_id).await {
+                            tracing::warn!(error = %e, "creating the inbox consumer group failed");
+                        }
+                        self.resync(last_intact_ms).await;
+                    }
+                    last_intact_ms = now_ms();
+                    if !self.lifecycle.is_ready() && !self.lifecycle.is_draining() {
+                        tracing::info!("Redis reachable: ready");
+                    }
+                    self.lifecycle.set_ready(true);
+                }
+                Err(e) => {
+                    if self.lifecycle.is_ready() {
+                        tracing::warn!(error = %e, "Redis unreachable: not ready");
+                    }
+                    self.lifecycle.set_ready(false);
+                }
+            }
+        }
+    }
+
+    /// Registers this edge's memberships again and hands every local
+    /// subscriber what was stored meanwhile (messages since `since_ms`), in
+    /// order, without duplicates: subscribers buffer live events while the
+    /// gap is read from history, exactly as a join with `since` does.
+    async fn resync(&self, since_ms: u64) {
+        let channels = self.hub.channels();
+        for c in &channels {
+            self.hub.pause(c);
+        }
+        let memberships = channels.iter().map(|c| (c.clone(), self.hub.local_users(c))).collect();
+        self.cluster.reregister(memberships).await;
+        let since =
+            shardchat_common::MessageId::new(since_ms.saturating_sub(self.node_ttl.as_millis() as u64), 0);
+        for channel in &channels {
+            let backlog = match self.history.after(channel, since).await {
+                Ok(recovery) => recovery.messages,
+                Err(e) => {
+                    tracing::warn!(%channel, error = %e, "reading history while resynchronising failed");
+                    Vec::new()
+                }
+            };
+            self.hub.resume(channel, &backlog);
+        }
+    }
+
+    /// A restarted node gets a new incarnation; its old one is dead now.
+    async fn retire_old_incarnations(&self) {
+        let edges: Vec<String> =
+            self.redis.client.smembers(self.redis.keys.edges()).await.unwrap_or_default();
+        let mine = format!("{}#", self.node_id);
+        for old in edges.iter().filter(|e| e.starts_with(&mine) && **e != **self.cluster.edge_id()) {
+            let _: Result<i64, _> = self.redis.client.del(self.redis.keys.alive(old)).await;
+        }
+    }
+
+    async fn sweep_dead_edges(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(self.node_ttl / 2);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = self.sweep_once().await {
+                tracing::debug!(error = %e, "dead-edge sweep failed");
+            }
+        }
+    }
+
+    async fn sweep_once(&self) -> Result<(), fred::error::Error> {
+        let r = &self.redis;
+        let edges: Vec<String> = r.client.smembers(r.keys.edges()).await?;
+        for edge in edges.iter().filter(|e| **e != **self.cluster.edge_id()) {
+            let alive: i64 = r.client.exists(r.keys.alive(edge)).await?;
+            if alive == 1 {
+                continue;
+            }
+            let channels: Vec<String> = r.client.smembers(r.keys.edge_channels(edge)).await?;
+            if channels.is_empty() {
+                let _: i64 = r.client.srem(r.keys.edges(), edge.as_str()).await?;
+                continue;
+            }
+            for c in channels.iter().filter_map(|c| ChannelName::new(c).ok()) {
+                if self.ring.is_mine(c.as_str()) {
+                    match self.cluster.backend().drop_edge(&c, edge).await {
+                        Ok(n) if n > 0 => {
+                            tracing::info!(channel = %c, %edge, members = n, "removed members of a dead node")
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::warn!(channel = %c, %edge, error = %e, "cleaning up a dead node failed")
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn follow_config(self: Arc<Self>) {
+        let mut seen: Option<String> = None;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let version: Option<String> =
+                match self.redis.client.get(self.redis.keys.channels_version()).await {
+                    Ok(v) => v,
+                    Err(_) => continue,
+                };
+            // Absent (never published, or Redis restarted empty): keep what we have.
+            let Some(version) = version else { continue };
+            if seen.as_ref() == Some(&version) {
+                continue;
+            }
+            let raw: std::collections::HashMap<String, String> =
+                match self.redis.client.hgetall(self.redis.keys.channels()).await {
+                    Ok(v) => v,
+                    Err(_) => continue,
+                };
+            let mut configs = self.file_channels.clone();
+            for (name, json) in raw {
+                match serde_json::from_str::<ChannelConfig>(&json) {
+                    Ok(c) if c.name.as_str() == name => {
+                        configs.retain(|f| f.name != c.name);
+                        configs.push(c);
+                    }
+                    Ok(_) => {
+                        tracing::warn!(channel = %name, "ignoring a channel config whose name does not match its field")
+                    }
+                    Err(e) => {
+                        tracing::warn!(channel = %name, error = %e, "ignoring an invalid channel config")
+                    }
+                }
+            }
+            tracing::info!(version = %version, channels = configs.len(), "channel configs updated");
+            self.directory.replace_all(configs);
+            seen = Some(version);
+        }
+    }
+}

@@ -1,0 +1,431 @@
+//! Several chat-node processes sharding over a real Redis: cross-node
+//! delivery, recovery, presence, node and Redis failures, ring changes.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use shardchat_tests::client::{Client, Http, id_of};
+use shardchat_tests::node::ChatNode;
+use shardchat_tests::redis::RedisServer;
+
+/// A channel name that `ring` gives to `owner`.
+fn channel_owned_by(owner: usize, members: &[usize], prefix: &str) -> String {
+    let ring =
+        shardchat_common::Ring::new(1, shardchat_common::DEFAULT_VNODES, members.iter().map(|i| node_id(*i)))
+            .expect("valid ring");
+    (0..)
+        .map(|i| format!("{prefix}-{i}"))
+        .find(|c| ring.owner(c) == Some(node_id(owner).as_str()))
+        .expect("some channel maps to every node")
+}
+
+const FAST: [&str; 6] = ["--publish-rate", "100000", "--publish-burst", "100000", "--frame-rate", "100000"];
+
+struct Cluster {
+    redis: RedisServer,
+    nodes: Vec<ChatNode>,
+}
+
+fn node_id(i: usize) -> String {
+    format!("chat-node-{i}")
+}
+
+/// Starts Redis and `n` nodes. `peers`: a static `--peers` ring of all of
+/// them; otherwise the nodes follow the ring key in Redis.
+fn start_cluster(n: usize, peers: bool, extra: &[&str]) -> Cluster {
+    let redis = RedisServer::start();
+    let all: Vec<String> = (0..n).map(node_id).collect();
+    let nodes = (0..n)
+        .map(|i| {
+            let mut b = ChatNode::builder()
+                .args(["--redis-url", &redis.url(), "--node-id", &node_id(i), "--node-ttl", "2s"])
+                .args(FAST)
+                .args(extra);
+            if peers {
+                b = b.args(["--peers", &all.join(",")]);
+            }
+            b.start()
+        })
+        .collect();
+    Cluster { redis, nodes }
+}
+
+fn http(node: &ChatNode) -> Http {
+    Http { addr: node.addr() }
+}
+
+async fn connect(node: &ChatNode, user: &str) -> Client {
+    Client::connect(&node.ws_url_as(user)).await
+}
+
+fn set_ring(redis: &RedisServer, epoch: u64, nodes: &[usize]) {
+    let ring = json!({"epoch": epoch, "vnodes": 128, "nodes": nodes.iter().map(|i| node_id(*i)).collect::<Vec<_>>()});
+    redis.cli(&["SET", "shardchat:ring", &ring.to_string()]).expect("set ring");
+}
+
+/// A received message as (id, text).
+type Received = ((u64, u64), String);
+
+/// Messages received for `channel`, as (id, text).
+fn of_channel(msgs: &[Value], channel: &str) -> Vec<Received> {
+    msgs.iter()
+        .filter(|m| m["channel"] == channel)
+        .map(|m| (id_of(m), m["text"].as_str().unwrap_or("").to_string()))
+        .collect()
+}
+
+fn assert_exactly_once_in_order(seq: &[Received], what: &str) {
+    assert!(seq.windows(2).all(|w| w[0].0 < w[1].0), "{what}: ids must strictly increase");
+    let unique: HashSet<_> = seq.iter().map(|(id, _)| id).collect();
+    assert_eq!(unique.len(), seq.len(), "{what}: duplicates");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_node_delivery_is_exactly_once_and_in_order_for_every_member() {
+    let cluster = start_cluster(3, true, &[]);
+    let channels = ["room-a", "room-b", "room-c", "room-d"];
+    let mut clients = Vec::new();
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        for k in 0..2 {
+            let mut c = connect(node, &format!("u{i}{k}")).await;
+            for ch in channels {
+                c.join(ch).await;
+            }
+            clients.push(c);
+        }
+    }
+    const PER: usize = 15;
+    for (n, c) in clients.iter_mut().enumerate() {
+        for ch in channels {
+            for m in 0..PER {
+                c.send_json(json!({"op":"publish","channel":ch,"text":format!("{n}:{m}")})).await;
+            }
+        }
+    }
+    let total = clients.len() * channels.len() * PER;
+    let mut reference: BTreeMap<&str, Vec<Received>> = BTreeMap::new();
+    for (n, c) in clients.iter_mut().enumerate() {
+        let msgs = c.messages(total).await;
+        for ch in channels {
+            let seq = of_channel(&msgs, ch);
+            assert_eq!(seq.len(), PER * 6, "client {n} channel {ch}");
+            assert_exactly_once_in_order(&seq, &format!("client {n} {ch}"));
+            // Per publisher, FIFO.
+            for p in 0..6 {
+                let own: Vec<&String> =
+                    seq.iter().map(|(_, t)| t).filter(|t| t.starts_with(&format!("{p}:"))).collect();
+                let expected: Vec<String> = (0..PER).map(|m| format!("{p}:{m}")).collect();
+                assert_eq!(own, expected.iter().collect::<Vec<_>>(), "publisher {p} order on {ch}");
+            }
+            match reference.get(ch) {
+                Some(r) => assert_eq!(&seq, r, "every member sees the same sequence on {ch}"),
+                None => {
+                    reference.insert(ch, seq);
+                }
+            }
+        }
+    }
+    // History is the same from every node.
+    for node in &cluster.nodes {
+        for ch in channels {
+            let h = http(node).get(&format!("/v1/channels/{ch}/history?limit=1000")).await.json();
+            let ids: Vec<(u64, u64)> = h["messages"].as_array().unwrap().iter().map(id_of).collect();
+            let expected: Vec<(u64, u64)> = reference[ch].iter().map(|(id, _)| *id).collect();
+            assert_eq!(ids, expected, "history of {ch} on {}", node.addr());
+        }
+    }
+    drop(cluster.redis);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_members_and_recovery_across_nodes() {
+    let cluster = start_cluster(3, true, &[]);
+    let (n0, n1, n2) = (&cluster.nodes[0], &cluster.nodes[1], &cluster.nodes[2]);
+    let mut x = connect(n0, "xena").await;
+    x.join("plaza").await;
+    let mut y = connect(n1, "yuri").await;
+    assert_eq!(y.join("plaza").await["members"], json!(2));
+    loop {
+        let p = x.next_op("presence").await;
+        if p["user"] == "yuri" {
+            assert_eq!(p["event"], "join");
+            break;
+        }
+    }
+    let members = http(n2).get("/v1/channels/plaza/members").await.json();
+    assert_eq!(members["members"], json!(["xena", "yuri"]));
+
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        ids.push(x.publish("plaza", &format!("m{i}")).await);
+    }
+    // A new client on a third node recovers from the middle.
+    let mut z = connect(n2, "zed").await;
+    let reply = z.ok(json!({"op":"join","channel":"plaza","since":ids[4]})).await;
+    assert_eq!(reply["recovered"], json!(true));
+    let texts: Vec<String> =
+        z.messages(5).await.iter().map(|m| m["text"].as_str().unwrap().to_string()).collect();
+    assert_eq!(texts, ["m5", "m6", "m7", "m8", "m9"]);
+    // history op on any node
+    let h = y.ok(json!({"op":"history","channel":"plaza","limit":3})).await;
+    assert_eq!(h["messages"].as_array().unwrap().len(), 3);
+
+    // Yuri's connection dies abruptly: everyone sees the leave.
+    drop(y);
+    loop {
+        let p = x.next_op("presence").await;
+        if p["user"] == "yuri" && p["event"] == "leave" {
+            break;
+        }
+    }
+    let members = http(n0).get("/v1/channels/plaza/members").await.json();
+    assert_eq!(members["members"], json!(["xena", "zed"]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_of_a_dead_node_expire_with_presence_leave() {
+    let mut cluster = start_cluster(2, true, &[]);
+    let lobby = channel_owned_by(0, &[0, 1], "lobby");
+    let mut a = connect(&cluster.nodes[0], "alice").await;
+    a.join(&lobby).await;
+    let mut b = connect(&cluster.nodes[1], "bob").await;
+    b.join(&lobby).await;
+    let path = format!("/v1/channels/{lobby}/members");
+    assert_eq!(http(&cluster.nodes[0]).get(&path).await.json()["members"], json!(["alice", "bob"]));
+    // Node 1 dies without any chance to clean up; its heartbeat (TTL 2 s)
+    // expires and the owner (node 0) removes its members.
+    cluster.nodes[1].kill();
+    drop(b);
+    loop {
+        let p = a.next_op("presence").await;
+        if p["user"] == "bob" && p["event"] == "leave" {
+            break;
+        }
+    }
+    assert_eq!(http(&cluster.nodes[0]).get(&path).await.json()["members"], json!(["alice"]));
+    // Messages keep flowing to the survivors.
+    a.publish(&lobby, "still here").await;
+    assert_eq!(a.next_op("message").await["text"], "still here");
+}
+
+/// Publishes `count` messages round-robin over `channels`, waiting for each
+/// reply; returns the accepted (channel, id) pairs and the error codes seen.
+async fn publish_all(
+    client: &mut Client,
+    channels: &[String],
+    count: usize,
+    tag: &str,
+    pause: Duration,
+) -> (Vec<(String, (u64, u64))>, Vec<String>) {
+    let mut accepted = Vec::new();
+    let mut errors = Vec::new();
+    for i in 0..count {
+        let ch = &channels[i % channels.len()];
+        let r = client.request(json!({"op":"publish","channel":ch,"text":format!("{tag}:{i}")})).await;
+        if r["ok"] == json!(true) {
+            accepted.push((ch.clone(), id_of(&r["message_id"])));
+        } else {
+            errors.push(r["error"]["code"].as_str().unwrap_or("?").to_string());
+        }
+        tokio::time::sleep(pause).await;
+    }
+    (accepted, errors)
+}
+
+/// Reads until `client` has, for every channel, exactly the `expected` ids
+/// (exactly once, in order); returns once they are all there.
+async fn expect_exactly(client: &mut Client, expected: &BTreeMap<String, Vec<(u64, u64)>>, who: &str) {
+    let total: usize = expected.values().map(Vec::len).sum();
+    let msgs = client.messages(total).await;
+    for (ch, ids) in expected {
+        let got: Vec<(u64, u64)> = of_channel(&msgs, ch).into_iter().map(|(id, _)| id).collect();
+        assert_eq!(&got, ids, "{who}: channel {ch} must get every accepted message once, in order");
+    }
+    client.assert_silent(Duration::from_millis(300)).await;
+}
+
+fn by_channel(accepted: &[(String, (u64, u64))]) -> BTreeMap<String, Vec<(u64, u64)>> {
+    let mut map: BTreeMap<String, Vec<(u64, u64)>> = BTreeMap::new();
+    for (ch, id) in accepted {
+        map.entry(ch.clone()).or_default().push(*id);
+    }
+    for ids in map.values_mut() {
+        ids.sort();
+    }
+    map
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_node_restarts_without_losing_accepted_messages() {
+    let mut cluster = start_cluster(3, true, &["--request-timeout", "1s"]);
+    let on_victim = channel_owned_by(2, &[0, 1, 2], "doomed");
+    let on_survivor = channel_owned_by(0, &[0, 1, 2], "steady");
+    let channels = vec![on_victim.clone(), on_survivor.clone()];
+    let mut listener = connect(&cluster.nodes[1], "listener").await;
+    let mut publisher = connect(&cluster.nodes[0], "publisher").await;
+    let mut victim_client = connect(&cluster.nodes[2], "victim").await;
+    for ch in &channels {
+        listener.join(ch).await;
+        publisher.join(ch).await;
+        victim_client.join(ch).await;
+    }
+    // The victim's client reads until its node dies.
+    let victim_reader = tokio::spawn(async move {
+        let mut seen: Vec<Value> = Vec::new();
+        while let Some(m) = victim_client.try_next_op("message", Duration::from_secs(5)).await {
+            seen.push(m);
+        }
+        seen
+    });
+    let pause = Duration::from_millis(5);
+    let (mut accepted, _) = publish_all(&mut publisher, &channels, 40, "before", pause).await;
+    cluster.nodes[2].kill();
+    let (during, errors) = publish_all(&mut publisher, &channels, 20, "during", pause).await;
+    // Only the dead node's channel fails, with a clear error, not a hang.
+    assert!(errors.iter().all(|e| e == "unavailable"), "{errors:?}");
+    assert_eq!(errors.len(), 10, "every publish to the dead owner's channel fails");
+    accepted.extend(during);
+    cluster.nodes[2].restart();
+    let (after, errors) = publish_all(&mut publisher, &channels, 40, "after", pause).await;
+    assert!(errors.is_empty(), "after the restart everything is accepted: {errors:?}");
+    accepted.extend(after);
+    let expected = by_channel(&accepted);
+    expect_exactly(&mut listener, &expected, "listener").await;
+
+    // The victim's client reconnects to another node and recovers from
+    // the last id it saw in each channel: together, exactly the accepted ones.
+    let seen = victim_reader.await.expect("reader task");
+    let mut recovered = connect(&cluster.nodes[0], "victim").await;
+    for ch in &channels {
+        let last = of_channel(&seen, ch).last().map(|(id, _)| format!("{}-{}", id.0, id.1));
+        let mut req = json!({"op":"join","channel":ch});
+        if let Some(last) = &last {
+            req["since"] = json!(last);
+        }
+        let reply = recovered.ok(req).await;
+        if last.is_some() {
+            assert_eq!(reply["recovered"], json!(true));
+        }
+        let missing = expected[ch].len() - of_channel(&seen, ch).len();
+        let rest = recovered.messages(missing).await;
+        let mut all: Vec<(u64, u64)> = of_channel(&seen, ch).into_iter().map(|(id, _)| id).collect();
+        all.extend(rest.iter().map(id_of));
+        assert_eq!(all, expected[ch], "victim's client on {ch}: seen + recovered = accepted");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_gives_unavailable_then_everything_resumes() {
+    let mut cluster = start_cluster(2, true, &["--request-timeout", "1s", "--redis-timeout", "500ms"]);
+    let c0 = channel_owned_by(0, &[0, 1], "outage");
+    let c1 = channel_owned_by(1, &[0, 1], "outage");
+    let mut a = connect(&cluster.nodes[0], "alice").await;
+    let mut b = connect(&cluster.nodes[1], "bob").await;
+    for ch in [&c0, &c1] {
+        a.join(ch).await;
+        b.join(ch).await;
+    }
+    a.publish(&c1, "before").await;
+    assert_eq!(b.next_op("message").await["text"], "before");
+
+    cluster.redis.kill();
+    for ch in [&c0, &c1] {
+        let started = std::time::Instant::now();
+        let code = a.error_code(json!({"op":"publish","channel":ch,"text":"lost?"})).await;
+        assert_eq!(code, "unavailable");
+        assert!(started.elapsed() < Duration::from_secs(5), "the error comes within the timeouts");
+    }
+    assert_eq!(a.error_code(json!({"op":"history","channel":c0})).await, "unavailable");
+    for node in &cluster.nodes {
+        wait_http_status(node, "/readyz", 503).await;
+    }
+
+    cluster.redis.restart();
+    for node in &cluster.nodes {
+        wait_http_status(node, "/readyz", 200).await;
+    }
+    // Nodes re-register their members by themselves; live delivery resumes.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut ok = false;
+    while tokio::time::Instant::now() < deadline {
+        let r = a.request(json!({"op":"publish","channel":c1,"text":"after"})).await;
+        if r["ok"] == json!(true) {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(ok, "publishing works again after Redis returns");
+    assert_eq!(b.next_op("message").await["text"], "after");
+    a.publish(&c0, "and here").await;
+    assert_eq!(b.next_op("message").await["text"], "and here");
+    let members = http(&cluster.nodes[1]).get(&format!("/v1/channels/{c0}/members")).await.json();
+    assert_eq!(members["members"], json!(["alice", "bob"]));
+}
+
+async fn wait_http_status(node: &ChatNode, path: &str, status: u16) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let got = http(node).get(path).await.status;
+        if got == status {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{path} stayed {got}, expected {status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ring_change_3_4_3_under_traffic_loses_nothing() {
+    let redis = RedisServer::start();
+    set_ring(&redis, 1, &[0, 1, 2]);
+    let nodes: Vec<ChatNode> = (0..4)
+        .map(|i| {
+            ChatNode::builder()
+                .args(["--redis-url", &redis.url(), "--node-id", &node_id(i), "--node-ttl", "2s"])
+                .args(["--request-timeout", "2s"])
+                .args(FAST)
+                .start()
+        })
+        .collect();
+    let channels: Vec<String> = (0..12).map(|i| format!("zone-{i}")).collect();
+    let mut listeners = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        let mut l = connect(node, &format!("listener-{i}")).await;
+        for ch in &channels {
+            l.join(ch).await;
+        }
+        listeners.push(l);
+    }
+    let mut publishers = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        let mut p = connect(node, &format!("publisher-{i}")).await;
+        for ch in &channels {
+            p.join(ch).await;
+        }
+        let channels = channels.clone();
+        publishers.push(tokio::spawn(async move {
+            let result =
+                publish_all(&mut p, &channels, 150, &format!("p{i}"), Duration::from_millis(20)).await;
+            (p, result)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    set_ring(&redis, 2, &[0, 1, 2, 3]);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    set_ring(&redis, 3, &[0, 1, 2]);
+    let mut accepted = Vec::new();
+    let mut errors = Vec::new();
+    for p in publishers {
+        let (_client, (acc, errs)) = p.await.expect("publisher task");
+        accepted.extend(acc);
+        errors.extend(errs);
+    }
+    assert!(errors.iter().all(|e| e == "unavailable"), "only transient unavailability: {errors:?}");
+    assert!(accepted.len() > 500, "most publishes succeed during ring changes ({} errors)", errors.len());
+    let expected = by_channel(&accepted);
+    for (i, l) in listeners.iter_mut().enumerate() {
+        expect_exactly(l, &expected, &format!("listener {i}")).await;
+    }
+}
