@@ -50,6 +50,12 @@ pub fn holds(lease: &Lease, identity: &str, now: SystemTime) -> bool {
     }
 }
 
+/// Whether the Lease, read now, names `cfg.identity` as an unexpired holder.
+pub async fn confirm(client: Client, cfg: &LeaseConfig) -> bool {
+    let api: Api<Lease> = Api::namespaced(client, &cfg.namespace);
+    api.get(&cfg.name).await.is_ok_and(|l| holds(&l, &cfg.identity, SystemTime::now()))
+}
+
 /// Returns once leadership can no longer be confirmed: the lease names
 /// another holder or expired, or it could not be read for longer than the
 /// lease duration minus the grace period.

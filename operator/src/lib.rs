@@ -160,6 +160,15 @@ pub async fn run(
             _ = &mut shutdown => break,
             ok = leader::until_leader(&mut leading) => if !ok { anyhow::bail!("lease manager stopped") },
         }
+        // The lease manager may still believe it leads after the watchdog
+        // stepped down (it only notices at its next renewal): lead only when
+        // the Lease itself says so.
+        if !leader::confirm(client.clone(), &lease_cfg).await {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+            }
+        }
         info!("leading: reconciling");
         health.leader.store(true, Ordering::SeqCst);
         health.metrics.leader.set(1);
@@ -181,7 +190,7 @@ pub async fn run(
         if stop {
             break;
         }
-        // Give the lease up cleanly if the manager still thinks we hold it.
+        // Pause briefly before competing for the lease again.
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     drop(leading);

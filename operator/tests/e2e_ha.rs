@@ -1,0 +1,175 @@
+//! High availability on the fake API server: two operator replicas, one
+//! Lease. Only the leader reconciles; losing the lease stops it at once;
+//! the standby takes over when the leader goes, with the same ring epoch.
+
+mod support;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use chat_operator::crd::{ChatChannel, ChatChannelSpec};
+use chat_operator::ring::RingSnapshot;
+use chat_operator::{Health, RunArgs};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Client;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde_json::json;
+use support::fake_api::FakeApi;
+use support::redis::RedisServer;
+
+const NS: &str = "games";
+const PREFIX: &str = "ha";
+
+async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn ready_pod(name: &str) -> Pod {
+    let ltt = k8s_openapi::jiff::Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(60);
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "chat-node"}},
+        "status": {"conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": ltt.to_string()}]}
+    }))
+    .unwrap()
+}
+
+struct Replica {
+    health: Arc<Health>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Replica {
+    fn start(client: Client, redis: &RedisServer, identity: &str) -> Replica {
+        let mut args = RunArgs::with_redis(&redis.url());
+        args.redis_prefix = PREFIX.into();
+        args.namespace = Some(NS.into());
+        args.ring_debounce = Duration::from_secs(1);
+        args.requeue = Duration::from_secs(1);
+        args.lease_duration = Duration::from_secs(4);
+        args.lease_grace = Duration::from_secs(1);
+        args.identity = Some(identity.into());
+        let health = Arc::new(Health::default());
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let h = health.clone();
+        let task = tokio::spawn(async move {
+            chat_operator::run(client, args, h, async {
+                let _ = stop_rx.await;
+            })
+            .await
+            .unwrap();
+        });
+        Replica { health, stop: Some(stop), task }
+    }
+    fn leads(&self) -> bool {
+        self.health.leader.load(Ordering::SeqCst)
+    }
+}
+
+fn ring_in(redis: &RedisServer) -> RingSnapshot {
+    serde_json::from_str(&redis.cli(&["GET", &format!("{PREFIX}:ring")])).unwrap()
+}
+
+fn max_messages_in(redis: &RedisServer) -> String {
+    redis.cli(&["HGET", &format!("{PREFIX}:channels"), "lobby"])
+}
+
+async fn set_max_messages(api: &Api<ChatChannel>, n: u32) {
+    api.patch(
+        "lobby",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"retention": {"maxMessages": n}}})),
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_leader_reconciles_and_the_standby_takes_over() {
+    let redis = RedisServer::start();
+    let fake = FakeApi::start().await;
+    let client = fake.client(NS);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    for i in 0..2 {
+        pods.create(&PostParams::default(), &ready_pod(&format!("chat-node-{i}"))).await.unwrap();
+    }
+    let channels: Api<ChatChannel> = Api::namespaced(client.clone(), NS);
+    channels
+        .create(&PostParams::default(), &ChatChannel::new("lobby", ChatChannelSpec::default()))
+        .await
+        .unwrap();
+
+    let a = Replica::start(client.clone(), &redis, "op-a");
+    wait_for("op-a leads and publishes", Duration::from_secs(15), || async {
+        (a.leads() && !max_messages_in(&redis).is_empty()).then_some(())
+    })
+    .await;
+    let b = Replica::start(client.clone(), &redis, "op-b");
+    wait_for("op-b ready as standby", Duration::from_secs(10), || async {
+        b.health.ready.load(Ordering::SeqCst).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(a.leads() && !b.leads(), "exactly one leader");
+    let epoch = ring_in(&redis).epoch;
+
+    // Someone else takes the Lease (for 5 s): op-a stops at once, and nothing
+    // reconciles while neither replica holds it.
+    let leases: Api<Lease> = Api::namespaced(client.clone(), NS);
+    let now = k8s_openapi::jiff::Timestamp::now();
+    leases
+        .patch(
+            "chat-operator",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"holderIdentity": "intruder", "renewTime": now.to_string(),
+                                          "acquireTime": now.to_string(), "leaseDurationSeconds": 5}})),
+        )
+        .await
+        .unwrap();
+    let stolen_at = Instant::now();
+    wait_for("op-a steps down", Duration::from_secs(5), || async { (!a.leads()).then_some(()) }).await;
+    let step_down = stolen_at.elapsed();
+    assert!(!b.leads());
+    set_max_messages(&channels, 7).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    if stolen_at.elapsed() < Duration::from_secs(4) {
+        assert!(!max_messages_in(&redis).contains(r#""maxMessages":7,"#), "reconciled without the lease");
+    }
+    // After the intruder's lease expires, a replica takes over and catches up.
+    wait_for("a replica leads again and applies the edit", Duration::from_secs(20), || async {
+        ((a.leads() || b.leads()) && max_messages_in(&redis).contains(r#""maxMessages":7,"#)).then_some(())
+    })
+    .await;
+    println!("lease stolen: leader stepped down after {step_down:?}");
+
+    // The current leader shuts down: the other takes over; same membership,
+    // same epoch.
+    let (mut leader, standby) = if a.leads() { (a, b) } else { (b, a) };
+    leader.stop.take().unwrap().send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), &mut leader.task).await.expect("leader stops").unwrap();
+    let stopped_at = Instant::now();
+    wait_for("standby takes over", Duration::from_secs(15), || async { standby.leads().then_some(()) }).await;
+    println!("failover after leader shutdown: {:?}", stopped_at.elapsed());
+    set_max_messages(&channels, 9).await;
+    wait_for("new leader reconciles", Duration::from_secs(10), || async {
+        max_messages_in(&redis).contains(r#""maxMessages":9,"#).then_some(())
+    })
+    .await;
+    assert_eq!(ring_in(&redis).epoch, epoch, "a failover with the same members must keep the epoch");
+    let _ = fake;
+}
