@@ -250,6 +250,29 @@ impl Hub {
         self.metrics.delivered.inc_by(delivered);
     }
 
+    /// The channel was closed: every local subscriber gets a `closed` push
+    /// and stops being a member.
+    pub fn close_channel(&self, channel: &ChannelName, reason: &str) {
+        let Some(ch) = self.channels.write().unwrap_or_else(|p| p.into_inner()).remove(channel) else {
+            return;
+        };
+        let ch = ch.lock().unwrap_or_else(|p| p.into_inner());
+        let push = crate::session::encode(&ServerFrame::Closed {
+            channel: channel.clone(),
+            reason: reason.to_string(),
+        });
+        for sub in ch.subscribers.values() {
+            sub.handle.send(Outbound::Frame(push.clone()));
+        }
+    }
+
+    /// Whether the connection `session_id` is subscribed to `channel`.
+    pub fn is_subscribed(&self, channel: &ChannelName, session_id: u64) -> bool {
+        self.channel(channel).is_some_and(|c| {
+            c.lock().unwrap_or_else(|p| p.into_inner()).subscribers.contains_key(&session_id)
+        })
+    }
+
     /// Channels with at least one local subscriber.
     pub fn channels(&self) -> Vec<ChannelName> {
         self.channels.read().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect()

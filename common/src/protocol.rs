@@ -280,6 +280,12 @@ pub enum ServerFrame {
     Error {
         error: ErrorBody,
     },
+    /// The channel was closed (e.g. deleted by its operator): the
+    /// connection is no longer a member and gets nothing more from it.
+    Closed {
+        channel: ChannelName,
+        reason: String,
+    },
 }
 
 /// WebSocket close codes the server uses.

@@ -429,3 +429,106 @@ async fn ring_change_3_4_3_under_traffic_loses_nothing() {
         expect_exactly(l, &expected, &format!("listener {i}")).await;
     }
 }
+
+fn declare(redis: &RedisServer, config: Value) {
+    let name = config["name"].as_str().expect("name").to_string();
+    redis.cli(&["HSET", "shardchat:channels", &name, &config.to_string()]).expect("HSET config");
+    redis.cli(&["INCR", "shardchat:channels:version"]).expect("INCR version");
+}
+
+/// Retries `check` for a few seconds (config is polled every second).
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "{what} never took effect");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declared_config_in_redis_takes_effect_on_every_node() {
+    let cluster = start_cluster(2, true, &["--dynamic-channels", "deny"]);
+    let (n0, n1) = (&cluster.nodes[0], &cluster.nodes[1]);
+    let mut a = connect(n0, "alice").await;
+    assert_eq!(a.error_code(json!({"op":"join","channel":"guild-7"})).await, "not_found");
+
+    declare(
+        &cluster.redis,
+        json!({"name":"guild-7","maxMembers":1,"moderation":"reject","access":{"publishRoles":["officer"]}}),
+    );
+    // Both nodes learn the declaration (probing as alice, who will be the member).
+    eventually("declaration", || {
+        let urls = [n0.ws_url_as("alice"), n1.ws_url_as("alice")];
+        async move {
+            for url in urls {
+                let mut c = Client::connect(&url).await;
+                if c.request(json!({"op":"join","channel":"guild-7"})).await["ok"] != json!(true) {
+                    return false;
+                }
+            }
+            true
+        }
+    })
+    .await;
+    a.join("guild-7").await;
+    // access: publishing needs the officer role
+    assert_eq!(a.error_code(json!({"op":"publish","channel":"guild-7","text":"hi"})).await, "forbidden");
+    // max members, enforced by the owner for joins on any node
+    let mut b = connect(n1, "bob").await;
+    assert_eq!(b.error_code(json!({"op":"join","channel":"guild-7"})).await, "channel_full");
+    let mut officer = Client::connect(&format!("{}&roles=officer", n1.ws_url_as("alice"))).await;
+    officer.join("guild-7").await;
+    // moderation mode reject, wherever the publisher is connected
+    assert_eq!(
+        officer.error_code(json!({"op":"publish","channel":"guild-7","text":"you bastard"})).await,
+        "filtered"
+    );
+
+    // An edit (retention of 2 messages) takes effect within seconds.
+    declare(
+        &cluster.redis,
+        json!({"name":"guild-7","maxMembers":5,"moderation":"off","retention":{"maxMessages":2},"access":{}}),
+    );
+    eventually("retention edit", || {
+        let node = n1.addr();
+        let url = n0.ws_url_as("carol");
+        async move {
+            let mut c = Client::connect(&url).await;
+            if c.request(json!({"op":"join","channel":"guild-7"})).await["ok"] != json!(true) {
+                return false;
+            }
+            for i in 0..3 {
+                c.request(json!({"op":"publish","channel":"guild-7","text":format!("r{i}")})).await;
+            }
+            let h = Http { addr: node }.get("/v1/channels/guild-7/history").await.json();
+            h["messages"].as_array().map(|m| m.len()) == Some(2)
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_a_channel_tells_every_member_and_drops_them() {
+    let cluster = start_cluster(2, true, &[]);
+    let doomed = channel_owned_by(1, &[0, 1], "doomed");
+    let mut a = connect(&cluster.nodes[0], "alice").await;
+    let mut b = connect(&cluster.nodes[1], "bob").await;
+    a.join(&doomed).await;
+    b.join(&doomed).await;
+    // What the operator sends on deletion (docs/redis-layout.md).
+    let close = json!({"channel": doomed, "reason": "deleted"}).to_string();
+    cluster
+        .redis
+        .cli(&["XADD", &format!("shardchat:inbox:{}", node_id(1)), "*", "k", "close", "d", &close])
+        .expect("XADD");
+    for c in [&mut a, &mut b] {
+        assert_eq!(c.next_op("closed").await, json!({"op":"closed","channel":doomed,"reason":"deleted"}));
+        assert_eq!(c.error_code(json!({"op":"publish","channel":doomed,"text":"x"})).await, "not_joined");
+    }
+    let members = http(&cluster.nodes[0]).get(&format!("/v1/channels/{doomed}/members")).await.json();
+    assert_eq!(members["members"], json!([]));
+}

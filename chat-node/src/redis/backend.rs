@@ -43,6 +43,21 @@ impl RedisBackend {
     }
 }
 
+impl RedisBackend {
+    /// Tells every node with members that `channel` is closed and forgets
+    /// its memberships (history is the operator's to keep or delete).
+    pub async fn close_channel(&self, channel: &ChannelName, reason: &str) -> ChatResult<u64> {
+        let r = &self.redis;
+        let args: Vec<String> = vec![
+            r.keys.prefix.clone(),
+            channel.to_string(),
+            reason.to_string(),
+            r.settings.inbox_maxlen.to_string(),
+        ];
+        r.scripts.close.evalsha_with_reload(&r.client, Vec::<String>::new(), args).await.map_err(unavailable)
+    }
+}
+
 impl OwnerBackend for RedisBackend {
     fn commit<'a>(
         &'a self,

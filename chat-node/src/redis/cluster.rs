@@ -182,7 +182,10 @@ impl InboxHandler for RedisCluster {
 
     fn close(&self, channel: ChannelName, reason: String) -> BoxFuture<'_, ()> {
         async move {
-            tracing::info!(%channel, %reason, "channel closed by the operator");
+            match self.backend.close_channel(&channel, &reason).await {
+                Ok(n) => tracing::info!(%channel, %reason, memberships = n, "channel closed"),
+                Err(e) => tracing::warn!(%channel, error = %e, "closing a channel failed"),
+            }
         }
         .boxed()
     }

@@ -51,11 +51,29 @@ pub struct Ack {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum InboxEntry {
-    Message { channel: ChannelName, id: MessageId, fields: HashMap<String, String>, accepted_micros: u64 },
-    Presence { channel: ChannelName, event: PresenceEvent, user: String },
+    Message {
+        channel: ChannelName,
+        id: MessageId,
+        fields: HashMap<String, String>,
+        accepted_micros: u64,
+    },
+    Presence {
+        channel: ChannelName,
+        event: PresenceEvent,
+        user: String,
+    },
     Request(OwnerRequest),
     Ack(Ack),
-    Close { channel: ChannelName, reason: String },
+    /// Operator → owner: close this channel.
+    Close {
+        channel: ChannelName,
+        reason: String,
+    },
+    /// Owner → edges: the channel is closed; drop its local members.
+    Closed {
+        channel: ChannelName,
+        reason: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -129,6 +147,9 @@ impl InboxEntry {
                 let c: Close =
                     serde_json::from_str(field(&f, "d")?).map_err(|e| MalformedEntry(e.to_string()))?;
                 InboxEntry::Close { channel: c.channel, reason: c.reason }
+            }
+            "closed" => {
+                InboxEntry::Closed { channel: channel(&f)?, reason: f.get("r").cloned().unwrap_or_default() }
             }
             other => return Err(MalformedEntry(format!("unknown kind {other:?}"))),
         })
@@ -282,6 +303,7 @@ async fn handle_batch(
             Ok(InboxEntry::Ack(ack)) => handler.ack(ack),
             Ok(InboxEntry::Request(r)) => requests.entry(r.channel.clone()).or_default().push(r),
             Ok(InboxEntry::Close { channel, reason }) => closes.push((channel, reason)),
+            Ok(InboxEntry::Closed { channel, reason }) => hub.close_channel(&channel, &reason),
             Err(e) => tracing::warn!(entry = %id, error = %e, "skipping a malformed inbox entry"),
         }
     }

@@ -137,6 +137,23 @@ end
 return removed
 "#;
 
+/// Closes a channel: tells every node with members, then forgets all of
+/// its memberships. ARGV: prefix, channel, reason, inbox_maxlen. Returns
+/// how many memberships went.
+const CLOSE: &str = r#"
+local p, c = ARGV[1], ARGV[2]
+fanout(p, c, ARGV[4], {'k', 'closed', 'c', c, 'r', ARGV[3]})
+local pairs_key = p .. ':pairs:' .. c
+local members = redis.call('SMEMBERS', pairs_key)
+for _, pair in ipairs(members) do
+  local edge = string.match(pair, '^([^\t]*)\t')
+  if edge then redis.call('SREM', p .. ':edge-channels:' .. edge, c) end
+end
+redis.call('DEL', pairs_key, p .. ':users:' .. c, p .. ':edges:' .. c)
+redis.call('SREM', p .. ':active', c)
+return #members
+"#;
+
 /// ARGV: prefix, channel, since, count. Returns
 /// `{exists, trimmed id or '', newest id or '', entries after since}`.
 const AFTER: &str = r#"
@@ -155,6 +172,7 @@ pub struct Scripts {
     pub join: Script,
     pub leave: Script,
     pub drop_edge: Script,
+    pub close: Script,
     pub after: Script,
 }
 
@@ -166,6 +184,7 @@ impl Default for Scripts {
             join: with_helpers(JOIN),
             leave: with_helpers(LEAVE),
             drop_edge: with_helpers(DROP_EDGE),
+            close: with_helpers(CLOSE),
             after: Script::from_lua(AFTER),
         }
     }

@@ -15,7 +15,9 @@ pub async fn handle(
     text: String,
     meta: Option<Map<String, Value>>,
 ) -> ChatResult<Reply> {
-    if !session.joined.contains(&channel) {
+    if !session.joined.contains(&channel) || !session.node.hub.is_subscribed(&channel, session.handle.id) {
+        // (not subscribed any more: the channel was closed under us)
+        session.joined.remove(&channel);
         return Err(ChatError::new(ErrorCode::NotJoined, format!("join {channel} before publishing to it")));
     }
     let config = session.node.directory.resolve(&channel)?;
