@@ -162,6 +162,7 @@ impl Conn {
             Ok(ServerFrame::Reply(r)) => self.on_reply(r),
             Ok(ServerFrame::Presence(_)) => self.presence += 1,
             Ok(ServerFrame::Error { error }) => self.count_error(error.code.as_str()),
+            Ok(ServerFrame::Closed { .. }) => self.count_error("channel_closed"),
             Err(_) => self.protocol_violations += 1,
         }
     }
