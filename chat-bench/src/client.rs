@@ -29,6 +29,9 @@ use crate::tracker::{MemberLog, Origin, PublishOutcome, PublisherLog};
 const JOIN_ID: &str = "join";
 /// Close-code key for a connection that ended without a close frame.
 pub const ABNORMAL: &str = "1006";
+/// Close-code key for a connection whose publish could not be written
+/// before the end of the run (the server stopped reading).
+pub const STALLED: &str = "stalled";
 
 /// Everything the connection tasks share.
 pub struct Shared {
@@ -305,9 +308,10 @@ pub async fn run_connection(
         }
     };
     let join_deadline = Instant::now() + shared.connect_timeout;
-    let mut setup_error = match ws.send(Message::text(conn.join_frame())).await {
-        Ok(()) => None,
-        Err(e) => Some(format!("closed during join ({})", connect_error(&e))),
+    let mut setup_error = match timeout_at(join_deadline, ws.send(Message::text(conn.join_frame()))).await {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(format!("closed during join ({})", connect_error(&e))),
+        Err(_) => Some("join timeout".into()),
     };
     while setup_error.is_none() && conn.join == Join::Pending {
         match timeout_at(join_deadline, ws.next()).await {
@@ -391,9 +395,18 @@ pub async fn run_connection(
                 {
                     send_timer.as_mut().reset(arm(tl, next_seq));
                 }
-                if ws.send(Message::text(frame)).await.is_err() {
-                    closed_early = Some(ABNORMAL.to_string());
-                    break;
+                // A server that stops reading must not hold the run past its end.
+                let deadline = timeline.map_or_else(far_future, |tl| tl.end);
+                match timeout_at(deadline, ws.send(Message::text(frame))).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => {
+                        closed_early = Some(ABNORMAL.to_string());
+                        break;
+                    }
+                    Err(_) => {
+                        closed_early = Some(STALLED.to_string());
+                        break;
+                    }
                 }
             }
             () = &mut end_timer, if timeline.is_some() => break,

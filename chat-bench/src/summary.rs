@@ -38,10 +38,12 @@ JSON output (--json): one object, schema 1. Latencies in microseconds.
   send_lag_us {samples, p50, p90, p99, p999, max, mean}  how late the bench
                sent each publish against its schedule (bench overload)
   errors      {<error code>: count}  error replies and error pushes
+               (channel_closed: `closed` pushes for the channel)
   connections {connect_failed, join_failed, closed_early,
                close_codes: {<code>: count}, failure_reasons: {<why>: count}}
                closed_early: closed before the end of the run; code 1006
-               = no close frame (reset, EOF); 1005 = close without code
+               = no close frame (reset, EOF); 1005 = close without code;
+               stalled = a publish could not be written before the end
   correctness {lost, lost_on_closed, duplicated, out_of_order,
                unconfirmed, foreign, protocol_violations}
                lost: expected deliveries never received (lost_on_closed:
