@@ -69,7 +69,7 @@ impl Metrics {
                 ]),
             )
             .expect("valid metric"),
-            channels_owned: IntGauge::new("shardchat_channels_owned", "Channels this node currently owns")
+            channels_owned: IntGauge::new("shardchat_channels_owned", "Channels with members that this node owns (embedded: updated at scrape; cluster: every --node-ttl/2)")
                 .expect("valid metric"),
         };
         for c in [

@@ -131,6 +131,7 @@ impl Node {
                     directory: directory.clone(),
                     node_id: node_id.clone(),
                     lifecycle: lifecycle.clone(),
+                    metrics: metrics.clone(),
                     file_channels,
                     node_ttl: config.node_ttl.max(Duration::from_millis(500)),
                 })

@@ -106,6 +106,7 @@ async fn channels_members_health_and_metrics() {
         "shardchat_messages_published_total 1",
         "shardchat_messages_delivered_total 1",
         "shardchat_publish_to_deliver_seconds_count 1",
+        "shardchat_channels_owned 1",
     ] {
         assert!(metrics.contains(line), "missing {line:?} in\n{metrics}");
     }

@@ -197,5 +197,11 @@ pub async fn readyz(State(node): State<Arc<Node>>) -> Response {
 }
 
 pub async fn metrics(State(node): State<Arc<Node>>) -> Response {
+    if node.config.redis_url.is_none() {
+        // Embedded: this node owns every channel with members (cheap to count).
+        if let Ok(counts) = node.cluster.member_counts().await {
+            node.metrics.channels_owned.set(counts.len() as i64);
+        }
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], node.metrics.render()).into_response()
 }

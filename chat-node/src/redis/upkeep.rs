@@ -34,6 +34,7 @@ pub struct Upkeep {
     pub directory: Arc<Directory>,
     pub node_id: Arc<str>,
     pub lifecycle: Arc<Lifecycle>,
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// Channels declared by `--channels`, merged under the operator's.
     pub file_channels: Vec<ChannelConfig>,
     /// Heartbeat time-to-live (`--node-ttl`).
@@ -144,6 +145,9 @@ impl Upkeep {
 
     async fn sweep_once(&self) -> Result<(), fred::error::Error> {
         let r = &self.redis;
+        let active: Vec<String> = r.client.smembers(r.keys.active()).await?;
+        let owned = active.iter().filter(|c| self.ring.is_mine(c)).count();
+        self.metrics.channels_owned.set(owned as i64);
         let edges: Vec<String> = r.client.smembers(r.keys.edges()).await?;
         for edge in edges.iter().filter(|e| **e != **self.cluster.edge_id()) {
             let alive: i64 = r.client.exists(r.keys.alive(edge)).await?;
