@@ -13,6 +13,7 @@
 //! The tests themselves live in `tests/tests/`.
 
 pub mod cdp;
+pub mod chart;
 pub mod client;
 pub mod node;
 pub mod redis;
