@@ -953,3 +953,96 @@ fn termination_grace_must_cover_the_drain() {
         );
     }
 }
+
+#[test]
+fn extra_volumes_and_proxy_hops_reach_the_node() {
+    let Some(helms) = helms() else { return };
+    for helm in &helms {
+        let m = helm.render(&[], &[]);
+        let node = container(&m.get("StatefulSet", NODE)["spec"]["template"]["spec"], "chat-node");
+        assert_eq!(env_value(node, "CHAT_TRUSTED_PROXY_HOPS"), "0");
+
+        let m = helm.render(&[ALL], &[]);
+        let pod = &m.get("StatefulSet", NODE)["spec"]["template"]["spec"];
+        let node = container(pod, "chat-node");
+        assert_eq!(env_value(node, "CHAT_TRUSTED_PROXY_HOPS"), "1");
+        assert_eq!(env_value(node, "CHAT_MODERATION_WORDS"), "/etc/shardchat/words/words.txt");
+        assert!(
+            pod["volumes"].as_array().unwrap().iter().any(|v| v["configMap"]["name"] == "chat-word-list")
+        );
+        assert!(
+            node["volumeMounts"].as_array().unwrap().iter().any(|v| v["mountPath"] == "/etc/shardchat/words")
+        );
+    }
+}
+
+/// Renders NOTES.txt through `helm install --dry-run=client`, which only
+/// Helm 4 does without a reachable cluster (Helm 3 insists on one).
+fn notes(helm: &Helm, values: &[&str], sets: &[&str]) -> Option<String> {
+    if helm.major() < 4 {
+        return None;
+    }
+    let chart = chart_dir();
+    let files: Vec<String> = values.iter().map(|v| chart.join(v).display().to_string()).collect();
+    let mut cmd = std::process::Command::new(&helm.bin);
+    cmd.args([
+        "install",
+        chart::RELEASE,
+        chart.to_str().unwrap(),
+        "--dry-run=client",
+        "--namespace",
+        chart::NAMESPACE,
+    ])
+    .env("KUBECONFIG", std::env::temp_dir().join("shardchat-no-kubeconfig"));
+    for f in &files {
+        cmd.args(["-f", f]);
+    }
+    for s in sets {
+        cmd.args(["--set", s]);
+    }
+    let o = cmd.output().expect("helm install --dry-run");
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        o.status.success(),
+        "helm install --dry-run=client failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    Some(out.split("\nNOTES:\n").nth(1).expect("NOTES section").to_string())
+}
+
+#[test]
+fn notes_tell_how_to_connect_and_what_to_try() {
+    let Some(helms) = helms() else { return };
+    let crd = chatchannel_crd();
+    let mut rendered = 0;
+    for helm in &helms {
+        let Some(text) = notes(helm, &[], &[]) else { continue };
+        rendered += 1;
+        assert!(text.contains(&format!("port-forward svc/{NODE} 8080:80")), "{text}");
+        assert!(text.contains("http://localhost:8080/"), "{text}");
+        assert!(text.contains("/v1/ws"), "{text}");
+        assert!(text.contains("dev mode"), "{text}");
+        assert!(text.contains("bundled Redis"), "{text}");
+        assert!(text.contains("get chatchannels"), "{text}");
+        assert!(text.contains("scale statefulset/"), "{text}");
+        // The inline ChatChannel is valid against the CRD.
+        let body = text
+            .split("<<'YAML'")
+            .nth(1)
+            .and_then(|t| t.split("\n  YAML").next())
+            .expect("inline ChatChannel");
+        let yaml: String =
+            body.lines().skip(1).map(|l| format!("{}\n", l.strip_prefix("  ").unwrap_or(l))).collect();
+        let doc: Value = serde_saphyr::from_str(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+        assert_eq!(check_custom_resource(&doc, &crd), Vec::<String>::new());
+
+        let text = notes(helm, &[ALL], &[]).unwrap();
+        assert!(text.contains("wss://chat.example.com/v1/ws"), "{text}");
+        assert!(text.contains("Bearer"), "{text}");
+        assert!(!text.contains("dev mode"), "{text}");
+    }
+    if rendered == 0 {
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), "*** NOTES.txt not checked: needs helm 4 ***");
+    }
+}
