@@ -1046,3 +1046,22 @@ fn notes_tell_how_to_connect_and_what_to_try() {
         let _ = writeln!(std::io::stderr(), "*** NOTES.txt not checked: needs helm 4 ***");
     }
 }
+
+#[test]
+fn every_value_is_documented() {
+    let values: Value = serde_saphyr::from_str(&read("charts/shardchat/values.yaml")).expect("values.yaml");
+    let doc = read("docs/kubernetes.md");
+    let mut missing = Vec::new();
+    for (top, v) in values.as_object().unwrap() {
+        let mut paths = vec![top.clone()];
+        if let Some(children) = v.as_object().filter(|m| !m.is_empty() && top != "commonLabels") {
+            paths = children.keys().map(|k| format!("{top}.{k}")).collect();
+        }
+        for p in paths {
+            if !doc.contains(&format!("`{p}")) {
+                missing.push(p);
+            }
+        }
+    }
+    assert!(missing.is_empty(), "values missing from docs/kubernetes.md: {missing:?}");
+}
