@@ -1065,3 +1065,65 @@ fn every_value_is_documented() {
     }
     assert!(missing.is_empty(), "values missing from docs/kubernetes.md: {missing:?}");
 }
+
+#[test]
+fn chart_app_version_is_the_workspace_version() {
+    let chart: Value = serde_saphyr::from_str(&read("charts/shardchat/Chart.yaml")).expect("Chart.yaml");
+    let cargo = read("Cargo.toml");
+    let version = cargo
+        .split("[workspace.package]")
+        .nth(1)
+        .and_then(|s| s.lines().find_map(|l| l.trim().strip_prefix("version = ")))
+        .expect("workspace version")
+        .trim_matches('"');
+    assert_eq!(
+        chart["appVersion"], version,
+        "image tags default to appVersion: keep it at the workspace version"
+    );
+}
+
+/// Docker cannot run here, so the Dockerfiles are checked statically: a
+/// pinned Rust image, a locked release build of the right binary, a
+/// non-root runtime user, and the port the chart expects.
+#[test]
+fn dockerfiles_are_pinned_multi_stage_and_non_root() {
+    for (file, package, port) in
+        [("chat-node/Dockerfile", "chat-node", 8080), ("operator/Dockerfile", "chat-operator", 8081)]
+    {
+        let text = read(file);
+        let lines: Vec<&str> =
+            text.lines().map(str::trim).filter(|l| !l.starts_with('#') && !l.is_empty()).collect();
+        let rust_image = lines
+            .iter()
+            .find_map(|l| l.strip_prefix("ARG RUST_IMAGE="))
+            .unwrap_or_else(|| panic!("{file}: ARG RUST_IMAGE"));
+        let re = regex::Regex::new(r"rust:\d+\.\d+\.\d+-").unwrap();
+        assert!(re.is_match(rust_image), "{file}: pin the Rust image to a full version: {rust_image}");
+        assert_eq!(
+            lines.iter().filter(|l| l.starts_with("FROM ")).count(),
+            2,
+            "{file}: build + runtime stages"
+        );
+        assert!(
+            text.contains(&format!("cargo build --locked --release -p {package} --bin {package}")),
+            "{file}: locked release build of {package}"
+        );
+        let user = lines.iter().rev().find_map(|l| l.strip_prefix("USER ")).expect("USER");
+        let uid = user.split(':').next().unwrap();
+        assert!(
+            uid.parse::<u32>().map(|u| u > 0).unwrap_or(false),
+            "{file}: numeric non-root USER, got {user}"
+        );
+        assert!(lines.contains(&format!("EXPOSE {port}").as_str()), "{file}: EXPOSE {port}");
+        assert!(lines.last().unwrap().starts_with("ENTRYPOINT [\"/usr/local/bin/"), "{file}");
+        // The chart's pod security context must match the image's user.
+        let values: Value = serde_saphyr::from_str(&read("charts/shardchat/values.yaml")).unwrap();
+        let key = if package == "chat-node" { "chatNode" } else { "operator" };
+        assert_eq!(values[key]["podSecurityContext"]["runAsUser"].to_string(), uid, "{file} vs values {key}");
+    }
+    let ignore = read(".dockerignore");
+    assert!(
+        ignore.lines().any(|l| l.trim() == "target"),
+        ".dockerignore must keep target/ out of the context"
+    );
+}
