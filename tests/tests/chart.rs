@@ -1087,6 +1087,7 @@ fn chart_app_version_is_the_workspace_version() {
 /// non-root runtime user, and the port the chart expects.
 #[test]
 fn dockerfiles_are_pinned_multi_stage_and_non_root() {
+    let pinned = regex::Regex::new(r"rust:\d+\.\d+\.\d+-").unwrap();
     for (file, package, port) in
         [("chat-node/Dockerfile", "chat-node", 8080), ("operator/Dockerfile", "chat-operator", 8081)]
     {
@@ -1097,8 +1098,7 @@ fn dockerfiles_are_pinned_multi_stage_and_non_root() {
             .iter()
             .find_map(|l| l.strip_prefix("ARG RUST_IMAGE="))
             .unwrap_or_else(|| panic!("{file}: ARG RUST_IMAGE"));
-        let re = regex::Regex::new(r"rust:\d+\.\d+\.\d+-").unwrap();
-        assert!(re.is_match(rust_image), "{file}: pin the Rust image to a full version: {rust_image}");
+        assert!(pinned.is_match(rust_image), "{file}: pin the Rust image to a full version: {rust_image}");
         assert_eq!(
             lines.iter().filter(|l| l.starts_with("FROM ")).count(),
             2,
