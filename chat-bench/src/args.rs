@@ -81,6 +81,13 @@ pub struct Args {
     #[arg(long, default_value_t = 64)]
     pub connect_concurrency: usize,
 
+    /// New connections per second (0 = as fast as --connect-concurrency
+    /// allows). chat-node limits connection attempts per client IP
+    /// (its --connect-rate, default 50/s after a burst of 200): either pace
+    /// the bench below that or start the node with `--connect-rate 0`.
+    #[arg(long, default_value_t = 0.0)]
+    pub connect_rate: f64,
+
     /// Time allowed for one connection's WebSocket handshake, and for its join reply.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub connect_timeout: Duration,

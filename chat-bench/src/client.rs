@@ -45,6 +45,9 @@ pub struct Shared {
     pub send_lag: ShardedHistogram,
     /// Bounds how many connections are being set up at once.
     pub setup_gate: Semaphore,
+    /// With `--connect-rate`: connection i starts no earlier than
+    /// `epoch + i × interval`.
+    pub connect_interval: Option<Duration>,
     pub connect_timeout: Duration,
     pub text: String,
 }
@@ -297,7 +300,10 @@ pub async fn run_connection(
     let plan_sends = shared.plan.sends_of(index);
     let mut conn = Conn::new(shared.clone(), index);
 
-    // --- setup: connect and join, at most `connect_concurrency` at a time
+    // --- setup: connect and join, paced, at most `connect_concurrency` at a time
+    if let Some(interval) = shared.connect_interval {
+        sleep_until(shared.epoch + interval.mul_f64(index as f64)).await;
+    }
     let permit = shared.setup_gate.acquire().await;
     let mut ws = match connect(&shared, index).await {
         Ok(ws) => ws,
@@ -464,6 +470,7 @@ mod tests {
             latency: ShardedHistogram::new().unwrap(),
             send_lag: ShardedHistogram::new().unwrap(),
             setup_gate: Semaphore::new(1),
+            connect_interval: None,
             connect_timeout: Duration::from_secs(1),
             text: "x".into(),
         })

@@ -33,6 +33,7 @@ fn main() -> ExitCode {
     let opts = run::Options {
         token: args.token.clone(),
         connect_concurrency: args.connect_concurrency,
+        connect_rate: args.connect_rate,
         connect_timeout: args.connect_timeout,
         allow_loss: args.allow_loss,
         quiet: args.quiet,

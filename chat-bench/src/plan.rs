@@ -71,6 +71,9 @@ impl Plan {
         if args.connect_concurrency == 0 {
             return Err("--connect-concurrency must be at least 1".into());
         }
+        if !(args.connect_rate.is_finite() && args.connect_rate >= 0.0) {
+            return Err("--connect-rate must be a non-negative number".into());
+        }
         let run_id = match &args.run_id {
             Some(id) => id.clone(),
             None => random_run_id(),
@@ -332,6 +335,7 @@ mod tests {
         assert!(plan(&["--message-bytes", "2001"]).is_err());
         assert!(plan(&["--connect-concurrency", "0"]).is_err());
         assert!(plan(&["-u", "wss://h"]).is_err());
+        assert!(plan(&["--connect-rate", "-1"]).is_err());
         let argv = ["chat-bench", "--run-id", "bad id"];
         assert!(Plan::from_args(&Args::try_parse_from(argv).unwrap()).is_err());
     }

@@ -19,6 +19,8 @@ const LEAD: Duration = Duration::from_millis(200);
 pub struct Options {
     pub token: Option<String>,
     pub connect_concurrency: usize,
+    /// New connections per second; 0 = unpaced.
+    pub connect_rate: f64,
     pub connect_timeout: Duration,
     pub allow_loss: bool,
     pub quiet: bool,
@@ -49,6 +51,7 @@ pub async fn run(plan: Plan, opts: Options) -> anyhow::Result<Summary> {
         latency: ShardedHistogram::new()?,
         send_lag: ShardedHistogram::new()?,
         setup_gate: Semaphore::new(opts.connect_concurrency),
+        connect_interval: (opts.connect_rate > 0.0).then(|| Duration::from_secs_f64(1.0 / opts.connect_rate)),
         connect_timeout: opts.connect_timeout,
     });
     let plan = &shared.plan;

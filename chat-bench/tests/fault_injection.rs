@@ -172,6 +172,7 @@ async fn bench(fault: Fault, allow_loss: bool) -> Summary {
     let opts = Options {
         token: None,
         connect_concurrency: 1,
+        connect_rate: 0.0,
         connect_timeout: Duration::from_secs(5),
         allow_loss,
         quiet: true,
@@ -244,6 +245,7 @@ async fn reports_connection_failures() {
     let opts = Options {
         token: None,
         connect_concurrency: 4,
+        connect_rate: 100.0,
         connect_timeout: Duration::from_secs(2),
         allow_loss: false,
         quiet: true,
