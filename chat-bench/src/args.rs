@@ -21,11 +21,12 @@ use crate::summary::JSON_SCHEMA_DOC;
 /// mode: pass several URLs).
 ///
 /// Exit status: 0 when the run passed; 1 when any accepted message was lost,
-/// duplicated or delivered out of order, when any connection failed to
-/// connect or join or was closed by the server, or when no publish was
-/// accepted at all (`--allow-loss` waives lost messages and connection
-/// failures, never duplicates or reordering); 2 for bad arguments or a
-/// setup error.
+/// duplicated or delivered out of order, when a publish got no reply by the
+/// end of the drain, when any connection failed to connect or join or was
+/// closed by the server, when the server broke the protocol, or when no
+/// publish was accepted at all (`--allow-loss` waives lost messages, missing
+/// replies and connection failures, never duplicates or reordering); 2 for
+/// bad arguments or a setup error.
 ///
 /// Limits: every connection takes one file descriptor in the bench and one
 /// in the server. Where the open-files limit cannot be raised past 20,000
@@ -96,8 +97,8 @@ pub struct Args {
     #[arg(long)]
     pub json: bool,
 
-    /// Exit 0 even when messages were lost or connections failed
-    /// (duplicates and reordering still fail the run).
+    /// Exit 0 even when messages were lost, publishes went unanswered or
+    /// connections failed (duplicates and reordering still fail the run).
     #[arg(long)]
     pub allow_loss: bool,
 

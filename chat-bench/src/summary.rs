@@ -54,9 +54,9 @@ JSON output (--json): one object, schema 1. Latencies in microseconds.
                messages received whose publish was not accepted; foreign:
                messages without a bench stamp of the channel's publishers;
                protocol_violations: frames that break protocol v1
-Fails (exit 1) on lost > 0, connection failures (both waived by
---allow-loss), duplicated > 0, out_of_order > 0, protocol_violations > 0,
-or no accepted publish.";
+Fails (exit 1) on lost > 0, sent.unanswered > 0, connection failures
+(these three waived by --allow-loss), duplicated > 0, out_of_order > 0,
+protocol_violations > 0, or no accepted publish.";
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
@@ -238,6 +238,9 @@ pub fn summarize(plan: &Plan, outcomes: &[ConnOutcome], facts: &RunFacts) -> Sum
     if correctness.lost > 0 && !facts.allow_loss {
         failures.push(format!("{} expected deliveries were lost", correctness.lost));
     }
+    if sent.unanswered > 0 && !facts.allow_loss {
+        failures.push(format!("{} publishes got no reply by the end of the drain", sent.unanswered));
+    }
     if failed_conns > 0 && !facts.allow_loss {
         failures.push(format!("{failed_conns} connections failed or were closed early"));
     }
@@ -411,6 +414,20 @@ mod tests {
         assert_eq!(s.delivered.expected, 6);
         assert_eq!(s.connections.failure_reasons.get("io: connection refused"), Some(&1));
         assert_eq!(s.setup.connected, 3);
+        assert!(!s.passed);
+        assert!(summarize(&plan, &outs, &facts(true)).passed);
+    }
+
+    #[test]
+    fn unanswered_publishes_fail_unless_allowed() {
+        let plan = plan();
+        let mut outs: Vec<_> = (0..4).map(|i| outcome(&plan, i)).collect();
+        publish_all(&mut outs, 0, 2, &[0, 2]);
+        publish_all(&mut outs, 1, 2, &[1, 3]);
+        outs[0].publisher.as_mut().unwrap().sent(2); // never answered
+        let s = summarize(&plan, &outs, &facts(false));
+        assert_eq!(s.sent.unanswered, 1);
+        assert_eq!(s.sent.attempted, 5);
         assert!(!s.passed);
         assert!(summarize(&plan, &outs, &facts(true)).passed);
     }
