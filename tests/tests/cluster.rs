@@ -532,3 +532,23 @@ async fn closing_a_channel_tells_every_member_and_drops_them() {
     let members = http(&cluster.nodes[0]).get(&format!("/v1/channels/{doomed}/members")).await.json();
     assert_eq!(members["members"], json!([]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_nodes_keep_reading_their_inbox_without_errors() {
+    let cluster = start_cluster(2, true, &["--request-timeout", "1s"]);
+    let remote = channel_owned_by(1, &[0, 1], "quiet");
+    let mut a = connect(&cluster.nodes[0], "alice").await;
+    a.join(&remote).await;
+    // Several empty blocking reads (1 s each) go by.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    for node in &cluster.nodes {
+        assert!(
+            !node.log().contains("reading the inbox failed"),
+            "an empty read is not an error:\n{}",
+            node.log()
+        );
+    }
+    // A request through both inboxes after the idle period still makes it.
+    a.publish(&remote, "wake up").await;
+    assert_eq!(a.next_op("message").await["text"], "wake up");
+}

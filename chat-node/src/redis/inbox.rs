@@ -241,8 +241,20 @@ pub async fn consume(redis: Arc<RedisCtx>, node: Arc<str>, hub: Arc<Hub>, handle
         let block = (cursor == ">").then_some(1_000);
         let read: Result<XReadResponse<String, String, String, String>, _> = redis
             .reader
-            .xreadgroup_map(INBOX_GROUP, &*node, Some(512), block, false, key.as_str(), cursor.as_str())
-            .await;
+            .xreadgroup::<fred::types::Value, _, _, _, _>(
+                INBOX_GROUP,
+                &*node,
+                Some(512),
+                block,
+                false,
+                key.as_str(),
+                cursor.as_str(),
+            )
+            .await
+            .and_then(|v| {
+                // A blocking read that timed out answers nil: no entries, not an error.
+                if v.is_null() { Ok(XReadResponse::default()) } else { v.into_xread_response() }
+            });
         let entries = match read {
             Ok(mut r) => {
                 backoff = Duration::from_millis(100);
