@@ -37,7 +37,8 @@ use crate::summary::JSON_SCHEMA_DOC;
 pub struct Args {
     /// Node WebSocket base URL (ws://host:port); repeat the flag or separate
     /// with commas for several nodes. `/v1/ws` is appended when the URL has
-    /// no path. http:// and https:// are accepted as ws:// and wss://.
+    /// no path. http:// is accepted as ws://; wss:// (TLS) is not supported
+    /// by this build.
     #[arg(long = "url", short = 'u', value_delimiter = ',', default_value = "ws://127.0.0.1:8080")]
     pub urls: Vec<String>,
 
