@@ -116,6 +116,17 @@ pub fn table(s: &Summary) -> String {
     if !n.failure_reasons.is_empty() {
         line("  reasons", counts(&n.failure_reasons));
     }
+    if !n.closed_examples.is_empty() {
+        let ex: Vec<String> = n
+            .closed_examples
+            .iter()
+            .map(|e| {
+                let role = if e.publisher { "publisher" } else { "member" };
+                format!("conn {} ({role}, channel {}): {}", e.conn, e.channel, e.code)
+            })
+            .collect();
+        line("  closed", ex.join(", "));
+    }
     let k = &s.correctness;
     line(
         "correctness",

@@ -40,7 +40,8 @@ JSON output (--json): one object, schema 1. Latencies in microseconds.
   errors      {<error code>: count}  error replies and error pushes
                (channel_closed: `closed` pushes for the channel)
   connections {connect_failed, join_failed, closed_early,
-               close_codes: {<code>: count}, failure_reasons: {<why>: count}}
+               close_codes: {<code>: count}, failure_reasons: {<why>: count},
+               closed_examples: [{conn, channel, publisher, code}] (<= 10)}
                closed_early: closed before the end of the run; code 1006
                = no close frame (reset, EOF); 1005 = close without code;
                stalled = a publish could not be written before the end
@@ -122,6 +123,19 @@ pub struct Connections {
     pub closed_early: u64,
     pub close_codes: BTreeMap<String, u64>,
     pub failure_reasons: BTreeMap<String, u64>,
+    /// The first few connections closed early, for diagnosis.
+    pub closed_examples: Vec<ClosedExample>,
+}
+
+/// Upper bound of `closed_examples`.
+pub const CLOSED_EXAMPLES: usize = 10;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ClosedExample {
+    pub conn: usize,
+    pub channel: usize,
+    pub publisher: bool,
+    pub code: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -182,6 +196,14 @@ pub fn summarize(plan: &Plan, outcomes: &[ConnOutcome], facts: &RunFacts) -> Sum
         if let Some(code) = &o.closed_early {
             conns.closed_early += 1;
             *conns.close_codes.entry(code.clone()).or_default() += 1;
+            if conns.closed_examples.len() < CLOSED_EXAMPLES {
+                conns.closed_examples.push(ClosedExample {
+                    conn: o.index,
+                    channel: o.channel,
+                    publisher: o.publisher.is_some(),
+                    code: code.clone(),
+                });
+            }
         }
         for (code, n) in &o.errors {
             *errors.entry(code.clone()).or_default() += n;
@@ -401,6 +423,8 @@ mod tests {
         let s = summarize(&plan, &outs, &facts(false));
         assert_eq!(s.connections.closed_early, 1);
         assert_eq!(s.connections.close_codes.get("4009"), Some(&1));
+        let ex = &s.connections.closed_examples;
+        assert_eq!((ex.len(), ex[0].conn, ex[0].channel, ex[0].publisher), (1, 3, 1, false));
         assert_eq!(s.correctness.lost, 2);
         assert_eq!(s.correctness.lost_on_closed, 2);
         assert_eq!(s.failures.len(), 2, "{:?}", s.failures);
@@ -484,7 +508,14 @@ mod tests {
             ),
             (
                 "connections",
-                &["connect_failed", "join_failed", "closed_early", "close_codes", "failure_reasons"][..],
+                &[
+                    "connect_failed",
+                    "join_failed",
+                    "closed_early",
+                    "close_codes",
+                    "failure_reasons",
+                    "closed_examples",
+                ][..],
             ),
         ] {
             for f in fields {
