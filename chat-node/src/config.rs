@@ -69,6 +69,88 @@ pub struct Config {
     #[arg(long, env = "CHAT_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
 
+    /// HS256 shared secret for client JWTs. With any JWT key configured,
+    /// clients must present a token and dev-mode `?user=` is refused.
+    #[arg(long, env = "CHAT_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// PEM file(s) with an RSA (RS256) or P-256 EC (ES256) public key for client JWTs,
+    /// comma-separated for key rotation. Re-read when they change.
+    #[arg(long, env = "CHAT_JWT_PUBLIC_KEY", value_delimiter = ',')]
+    pub jwt_public_key: Vec<PathBuf>,
+
+    /// JWKS file (JSON Web Key Set) with RS256/ES256 public keys, selected by `kid`.
+    /// Re-read when it changes.
+    #[arg(long, env = "CHAT_JWKS_FILE")]
+    pub jwks_file: Option<PathBuf>,
+
+    /// Clock-skew allowance on a token's `exp` and `nbf`.
+    #[arg(long, env = "CHAT_JWT_LEEWAY", value_parser = parse_duration, default_value = "30s")]
+    pub jwt_leeway: Duration,
+
+    /// Required `iss` claim, when set.
+    #[arg(long, env = "CHAT_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Required `aud` claim, when set.
+    #[arg(long, env = "CHAT_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// How often key files and the moderation word list are checked for changes.
+    #[arg(long, env = "CHAT_RELOAD_INTERVAL", value_parser = parse_duration, default_value = "5s")]
+    pub reload_interval: Duration,
+
+    /// WebSocket connection attempts per second from one IP (token bucket rate; 0 = no limit).
+    /// Generous by default: many players share an address behind carrier NAT.
+    #[arg(long, env = "CHAT_CONNECT_RATE", default_value_t = 50)]
+    pub connect_rate: u32,
+
+    /// Connection attempts one IP may make in a burst (token bucket size).
+    #[arg(long, env = "CHAT_CONNECT_BURST", default_value_t = 200)]
+    pub connect_burst: u32,
+
+    /// Reverse proxies in front of the node that append to `X-Forwarded-For`
+    /// (1 behind a typical Ingress). 0 uses the TCP peer address.
+    #[arg(long, env = "CHAT_TRUSTED_PROXY_HOPS", default_value_t = 0)]
+    pub trusted_proxy_hops: usize,
+
+    /// Word list for the built-in filter (one entry per line; see docs/security.md).
+    /// Re-read when it changes. Absent: the built-in English and Korean lists.
+    #[arg(long, env = "CHAT_MODERATION_WORDS")]
+    pub moderation_words: Option<PathBuf>,
+
+    /// External moderation service (gRPC, `proto/moderation.proto`), e.g. http://moderation:50051.
+    #[arg(long, env = "CHAT_MODERATION_SERVICE")]
+    pub moderation_service: Option<String>,
+
+    /// Deadline of one call to the moderation service.
+    #[arg(long, env = "CHAT_MODERATION_TIMEOUT", value_parser = parse_duration, default_value = "200ms")]
+    pub moderation_timeout: Duration,
+
+    /// Retries after a failed or timed-out moderation call (so at most 1 + this many calls).
+    #[arg(long, env = "CHAT_MODERATION_RETRIES", default_value_t = 1)]
+    pub moderation_retries: u32,
+
+    /// Wait before the first retry; doubles for each further retry.
+    #[arg(long, env = "CHAT_MODERATION_BACKOFF", value_parser = parse_duration, default_value = "20ms")]
+    pub moderation_backoff: Duration,
+
+    /// When the moderation service fails (error, timeout, circuit open): deliver the
+    /// message with only the built-in filter applied (`true`) or refuse it with
+    /// `unavailable` (`false`, the default).
+    #[arg(long, env = "CHAT_MODERATION_FAIL_OPEN", num_args = 0..=1, default_value_t = false,
+          default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub moderation_fail_open: bool,
+
+    /// Consecutive failed calls that open the moderation circuit breaker.
+    #[arg(long, env = "CHAT_MODERATION_BREAKER_FAILURES", default_value_t = 5)]
+    pub moderation_breaker_failures: u32,
+
+    /// How long the open breaker skips the service before letting a probe call through
+    /// (doubling, up to 8 times this, while probes keep failing).
+    #[arg(long, env = "CHAT_MODERATION_BREAKER_OPEN", value_parser = parse_duration, default_value = "5s")]
+    pub moderation_breaker_open: Duration,
+
     /// Interval between server pings on each WebSocket.
     #[arg(long, env = "CHAT_PING_INTERVAL", value_parser = parse_duration, default_value = "20s")]
     pub ping_interval: Duration,

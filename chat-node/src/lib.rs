@@ -5,6 +5,7 @@
 //! `cluster` (edge → owner calls) → `owner` (sequencing, membership) →
 //! `history` (storage) and `hub` (local fan-out).
 
+pub mod auth;
 pub mod clock;
 pub mod cluster;
 pub mod config;

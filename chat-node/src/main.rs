@@ -12,14 +12,20 @@ async fn main() -> anyhow::Result<()> {
     let node = Node::start(config).await?;
     let addr = listener.local_addr()?;
     tracing::info!(node_id = %node.node_id, %addr, mode = node.mode(), "chat-node listening; open http://{addr}/");
-    if node.config.admin_token.is_none() {
+    if node.config.admin_token.is_none() && node.auth.is_dev_mode() {
         tracing::info!(
             "no --admin-token: server-side publishing (POST /v1/channels/{{channel}}/messages) is disabled"
         );
     }
-    tracing::warn!(
-        "dev mode: clients identify with ?user=<id> and are trusted; do not expose this node publicly"
-    );
+    if node.auth.is_dev_mode() {
+        tracing::warn!(
+            "DEV MODE: no --jwt-secret, --jwt-public-key or --jwks-file is configured, so clients \
+             identify with ?user=<id> and are TRUSTED. Anyone can impersonate anyone. Do not expose \
+             this node publicly."
+        );
+    } else {
+        tracing::info!("clients must present a JWT (Authorization: Bearer or ?token=)");
+    }
     server::serve(node, listener, server::termination_signal()).await;
     Ok(())
 }

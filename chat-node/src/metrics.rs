@@ -97,6 +97,11 @@ impl Metrics {
         self.errors.with_label_values(&[code.as_str()]).inc();
     }
 
+    /// The registry, for subsystems that keep their own collectors.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {

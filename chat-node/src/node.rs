@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::auth::Auth;
 use crate::cluster::{Cluster, LocalCluster};
 use crate::config::Config;
 use crate::directory::Directory;
@@ -13,7 +14,7 @@ use crate::hub::Hub;
 use crate::lifecycle::Lifecycle;
 use crate::local_backend::LocalBackend;
 use crate::metrics::Metrics;
-use crate::moderation::WordFilter;
+use crate::moderation::Moderator;
 use crate::owner::Owner;
 use crate::redis::backend::RedisBackend;
 use crate::redis::cluster::RedisCluster;
@@ -32,6 +33,7 @@ pub struct Node {
     pub directory: Arc<Directory>,
     pub metrics: Arc<Metrics>,
     pub lifecycle: Arc<Lifecycle>,
+    pub auth: Arc<Auth>,
     next_session_id: AtomicU64,
 }
 
@@ -43,6 +45,10 @@ pub enum StartError {
     Redis(#[from] crate::redis::ConnectError),
     #[error("invalid --peers ring: {0}")]
     Peers(#[from] shardchat_common::RingError),
+    #[error("authentication setup: {0}")]
+    Auth(String),
+    #[error("moderation setup: {0}")]
+    Moderation(String),
     #[error("--node-id {0:?} is not a valid ring member id: {1}")]
     NodeId(String, shardchat_common::RingError),
 }
@@ -53,6 +59,8 @@ impl Node {
     pub async fn start(config: Config) -> Result<Arc<Node>, StartError> {
         let node_id: Arc<str> = Arc::from(config.resolved_node_id());
         let metrics = Arc::new(Metrics::new());
+        let auth = Arc::new(Auth::from_config(&config, metrics.registry()).map_err(StartError::Auth)?);
+        auth.spawn_upkeep(config.reload_interval);
         let directory =
             Arc::new(Directory::new(config.dynamic_channels, config.moderation.into(), config.max_members));
         let file_channels = match &config.channels {
@@ -62,12 +70,14 @@ impl Node {
         directory.replace_all(file_channels.clone());
         let hub = Arc::new(Hub::new(metrics.clone(), config.outbound_queue));
         let lifecycle = Arc::new(Lifecycle::default());
-        let filter = Arc::new(WordFilter::default());
+        let moderator =
+            Arc::new(Moderator::from_config(&config, metrics.registry()).map_err(StartError::Moderation)?);
+        moderator.spawn_upkeep(config.reload_interval);
         let (cluster, history): (Arc<dyn Cluster>, Arc<dyn HistoryStore>) = match &config.redis_url {
             None => {
                 let memory = Arc::new(MemoryHistory::new());
                 let backend = Arc::new(LocalBackend::new(memory.clone(), hub.clone()));
-                let owner = Arc::new(Owner::new(backend, directory.clone(), filter, metrics.clone()));
+                let owner = Arc::new(Owner::new(backend, directory.clone(), moderator, metrics.clone()));
                 let sweeper = memory.clone();
                 tokio::spawn(async move {
                     let mut tick = tokio::time::interval(Duration::from_secs(30));
@@ -99,7 +109,8 @@ impl Node {
                 let ring = Arc::new(RingView::new(initial, node_id.clone()));
                 let edge_id: Arc<str> = Arc::from(format!("{node_id}#{}", incarnation()));
                 let backend = Arc::new(RedisBackend::new(redis.clone()));
-                let owner = Arc::new(Owner::new(backend.clone(), directory.clone(), filter, metrics.clone()));
+                let owner =
+                    Arc::new(Owner::new(backend.clone(), directory.clone(), moderator, metrics.clone()));
                 let cluster = Arc::new(RedisCluster::new(
                     redis.clone(),
                     owner.clone(),
@@ -148,6 +159,7 @@ impl Node {
             directory,
             metrics,
             lifecycle,
+            auth,
             next_session_id: AtomicU64::new(1),
         }))
     }

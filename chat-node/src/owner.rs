@@ -19,7 +19,7 @@ use crate::directory::Directory;
 use crate::error::{ChatError, ChatResult};
 use crate::history::{Draft, StoredMessage};
 use crate::metrics::Metrics;
-use crate::moderation::WordFilter;
+use crate::moderation::Moderator;
 
 /// Sequencing, storage, membership and fan-out of owned channels. Each call
 /// is atomic: a message's id order is the order edges receive it in.
@@ -74,7 +74,7 @@ pub struct PublishRequest {
 pub struct Owner {
     backend: Arc<dyn OwnerBackend>,
     directory: Arc<Directory>,
-    filter: Arc<WordFilter>,
+    moderator: Arc<Moderator>,
     metrics: Arc<Metrics>,
     limiters: Mutex<HashMap<ChannelName, Arc<(RateLimit, DefaultDirectRateLimiter)>>>,
 }
@@ -83,10 +83,10 @@ impl Owner {
     pub fn new(
         backend: Arc<dyn OwnerBackend>,
         directory: Arc<Directory>,
-        filter: Arc<WordFilter>,
+        moderator: Arc<Moderator>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        Self { backend, directory, filter, metrics, limiters: Mutex::new(HashMap::new()) }
+        Self { backend, directory, moderator, metrics, limiters: Mutex::new(HashMap::new()) }
     }
 
     pub fn backend(&self) -> &Arc<dyn OwnerBackend> {
@@ -100,7 +100,8 @@ impl Owner {
         if let Some(limit) = config.rate_limit {
             self.check_channel_rate(&req.channel, limit)?;
         }
-        let text = self.filter.apply(self.directory.moderation(&config), req.text)?;
+        let mode = self.directory.moderation(&config);
+        let text = self.moderator.moderate(mode, req.channel.as_str(), &req.from, req.text).await?;
         let draft = Draft {
             channel: req.channel,
             from: req.from,

@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use shardchat_common::protocol::{ChatMessage, ErrorCode};
+use shardchat_common::protocol::ChatMessage;
 use shardchat_common::{ChannelName, MessageId};
 
 use crate::error::{ChatError, ChatResult};
@@ -146,7 +146,8 @@ pub async fn publish(
     headers: HeaderMap,
     body: Result<Json<PublishBody>, axum::extract::rejection::JsonRejection>,
 ) -> ChatResult<Response> {
-    authorize_admin(&node, &headers)?;
+    // `--admin-token`, or a JWT with the admin role (see crate::auth).
+    node.auth.authorize_admin(&headers)?;
     let channel = channel_name(&channel)?;
     let Json(body) = body.map_err(|e| ChatError::bad_request(e.body_text()))?;
     node.directory.resolve(&channel)?;
@@ -156,30 +157,6 @@ pub async fn publish(
     let req = PublishRequest { channel, from: Arc::from(from.as_str()), text: body.text, meta: body.meta };
     let id = node.cluster.publish(req).await?;
     Ok((StatusCode::CREATED, Json(PublishedBody { message_id: id })).into_response())
-}
-
-/// Server-side publishing needs `Authorization: Bearer <--admin-token>`.
-fn authorize_admin(node: &Node, headers: &HeaderMap) -> ChatResult<()> {
-    let Some(expected) = node.config.admin_token.as_deref().filter(|t| !t.is_empty()) else {
-        return Err(ChatError::new(
-            ErrorCode::Unauthorized,
-            "server-side publishing is disabled on this node (no admin token configured)",
-        ));
-    };
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if constant_time_eq(presented.as_bytes(), expected.as_bytes()) {
-        Ok(())
-    } else {
-        Err(ChatError::new(ErrorCode::Unauthorized, "missing or wrong admin bearer token"))
-    }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 pub async fn healthz() -> &'static str {

@@ -1,28 +1,43 @@
-//! `GET /v1/ws`: identity check, limits, then the session takes over.
+//! `GET /v1/ws`: per-IP admission, identity check, limits, then the session
+//! takes over. Refusals are plain HTTP responses with a JSON error body
+//! (401 `unauthorized`, 429 `rate_limited`, 503 `unavailable`), so a client
+//! learns why before any WebSocket exists.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{Query, State, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Query, State, WebSocketUpgrade};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 
 use crate::error::ChatError;
 use crate::node::Node;
-use crate::session::{self, Identity, identity::ConnectParams};
+use crate::session::{self, identity::ConnectParams};
 
 pub async fn upgrade(
     State(node): State<Arc<Node>>,
-    Query(params): Query<ConnectParams>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    params: Result<Query<ConnectParams>, axum::extract::rejection::QueryRejection>,
     ws: WebSocketUpgrade,
 ) -> Response {
     if node.lifecycle.is_draining() {
         return ChatError::unavailable("this node is shutting down; connect to another one").into_response();
     }
-    let identity = match Identity::from_dev_params(&params) {
+    let refuse = |e: ChatError| {
+        node.metrics.error(e.code);
+        e.into_response()
+    };
+    let ip = node.auth.client_ip(peer, &headers);
+    if let Err(e) = node.auth.admit_connection(ip) {
+        return refuse(e);
+    }
+    let Ok(Query(params)) = params else {
+        return refuse(ChatError::bad_request("malformed query string"));
+    };
+    let identity = match node.auth.authenticate(&headers, &params) {
         Ok(id) => id,
-        Err(e) => {
-            node.metrics.error(e.code);
-            return e.into_response();
-        }
+        Err(e) => return refuse(e),
     };
     let max = node.config.max_frame_bytes;
     ws.max_message_size(max)

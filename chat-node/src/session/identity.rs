@@ -1,8 +1,8 @@
 //! Who a connection belongs to.
 //!
-//! Without an auth secret (dev mode) the node trusts `?user=<id>` and
-//! optional `&roles=a,b` from the query string. Token authentication is
-//! described in docs/security.md.
+//! With a JWT key configured the identity comes from a verified token
+//! (`crate::auth`). Without one (dev mode) the node trusts `?user=<id>` and
+//! optional `&roles=a,b` from the query string. See docs/security.md.
 
 use std::sync::Arc;
 
@@ -18,6 +18,10 @@ pub const MAX_USER_ID_LEN: usize = 64;
 pub struct Identity {
     pub user: Arc<str>,
     pub roles: Vec<String>,
+    /// Display name from the token's `name` claim.
+    pub name: Option<Arc<str>>,
+    /// The token's `exp` (Unix seconds); `None` in dev mode.
+    pub expires_at: Option<u64>,
 }
 
 /// Query parameters of `GET /v1/ws`.
@@ -29,6 +33,10 @@ pub struct ConnectParams {
 }
 
 impl Identity {
+    pub fn has_role(&self, role: &str) -> bool {
+        self.roles.iter().any(|r| r == role)
+    }
+
     /// Dev-mode identity from the query string.
     pub fn from_dev_params(params: &ConnectParams) -> Result<Identity, ChatError> {
         let Some(user) = params.user.as_deref() else {
@@ -47,7 +55,7 @@ impl Identity {
             .filter(|r| !r.is_empty())
             .map(|r| validate_user_id(r).map(|_| r.to_string()))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Identity { user: Arc::from(user), roles })
+        Ok(Identity { user: Arc::from(user), roles, name: None, expires_at: None })
     }
 }
 

@@ -28,6 +28,10 @@ use limits::ConnectionLimits;
 pub(crate) use ops::{check_content, clamp_limit};
 use outbound::{CloseReason, CloseSignal, Outbound, SessionHandle};
 
+/// Close sent when the session's token expires.
+const TOKEN_EXPIRED: CloseReason =
+    CloseReason { code: shardchat_common::protocol::close_code::UNAUTHORIZED, reason: "token expired" };
+
 /// How long the server waits for its side of a closing handshake.
 const CLOSE_HANDSHAKE: Duration = Duration::from_secs(2);
 
@@ -98,6 +102,16 @@ impl Session {
         let mut last_seen = Instant::now();
         let mut idle_check =
             tokio::time::interval(idle_timeout.min(Duration::from_secs(1)).max(Duration::from_millis(50)));
+        // A token that runs out mid-session ends the session: the client
+        // gets an `unauthorized` push, then close 4001, and reconnects with
+        // a fresh token.
+        let expiry = match self.identity.expires_at {
+            Some(exp) => Instant::now() + crate::auth::time_left(exp, self.node.auth.leeway()),
+            None => Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600),
+        };
+        let expiry = tokio::time::sleep_until(expiry);
+        tokio::pin!(expiry);
+        let mut expired = false;
         let mut drain = self.node.lifecycle.drain_signal();
         if *drain.borrow_and_update() {
             self.handle.close(CloseReason::SHUTDOWN);
@@ -106,6 +120,12 @@ impl Session {
             tokio::select! {
                 _ = close.closed() => return,
                 Ok(()) = drain.changed() => self.handle.close(CloseReason::SHUTDOWN),
+                () = &mut expiry, if !expired => {
+                    expired = true;
+                    self.send_error(None, ChatError::new(ErrorCode::Unauthorized, "token expired; reconnect with a fresh token"));
+                    self.node.auth.metrics.token_expired_closes.inc();
+                    self.handle.close(TOKEN_EXPIRED);
+                }
                 _ = idle_check.tick() => {
                     if last_seen.elapsed() >= idle_timeout {
                         self.handle.close(CloseReason::IDLE);
@@ -155,8 +175,9 @@ impl Session {
 
     fn rate_limited(&mut self, id: Option<Value>, e: ChatError) {
         self.send_error(id, e);
-        if self.limits.strike() {
+        if self.limits.strike() && !self.handle.is_closing() {
             tracing::info!("closing a connection that keeps flooding");
+            self.node.auth.metrics.rate_limit_closes.inc();
             self.handle.close(CloseReason::FLOOD);
         }
     }
@@ -212,6 +233,23 @@ async fn write_loop(
         let result = tokio::select! {
             biased;
             reason = close.closed() => {
+                if reason == TOKEN_EXPIRED {
+                    // The `unauthorized` push was queued just before: deliver
+                    // what is queued so the client learns why, then close.
+                    let _ = tokio::time::timeout(write_timeout, async {
+                        while let Ok(item) = rx.try_recv() {
+                            let frames = match item {
+                                Outbound::Frame(f) => vec![f],
+                                Outbound::Batch(frames) => frames,
+                            };
+                            for f in frames {
+                                sink.feed(Message::Text(f)).await?;
+                            }
+                        }
+                        sink.flush().await
+                    })
+                    .await;
+                }
                 let frame = CloseFrame { code: reason.code, reason: Utf8Bytes::from_static(reason.reason) };
                 let _ = tokio::time::timeout(write_timeout, sink.send(Message::Close(Some(frame)))).await;
                 return;
