@@ -40,8 +40,15 @@ pub async fn upgrade(
         Err(e) => return refuse(e),
     };
     let max = node.config.max_frame_bytes;
+    // Chat frames are small: modest per-connection buffers keep memory per
+    // idle connection low (the library defaults are 128 KiB each way).
     ws.max_message_size(max)
         .max_frame_size(max)
+        .read_buffer_size(WS_BUFFER_BYTES)
+        .write_buffer_size(WS_BUFFER_BYTES)
         .on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
         .on_upgrade(move |socket| session::run(node, socket, identity))
 }
+
+/// Read and write buffer size of each client WebSocket.
+const WS_BUFFER_BYTES: usize = 8 * 1024;
