@@ -29,17 +29,11 @@ impl RedisBackend {
     /// Removes every membership a dead `edge` had in `channel`, with presence `leave`s.
     pub async fn drop_edge(&self, channel: &ChannelName, edge: &str) -> ChatResult<u64> {
         let r = &self.redis;
-        let args: Vec<String> = vec![
-            r.keys.prefix.clone(),
-            channel.to_string(),
-            edge.to_string(),
-            r.settings.inbox_maxlen.to_string(),
-        ];
-        r.scripts
-            .drop_edge
-            .evalsha_with_reload(&r.client, Vec::<String>::new(), args)
-            .await
-            .map_err(unavailable)
+        r.run(
+            &r.scripts.drop_edge,
+            vec![channel.to_string(), edge.to_string(), r.settings.inbox_maxlen.to_string()],
+        )
+        .await
     }
 }
 
@@ -48,13 +42,11 @@ impl RedisBackend {
     /// its memberships (history is the operator's to keep or delete).
     pub async fn close_channel(&self, channel: &ChannelName, reason: &str) -> ChatResult<u64> {
         let r = &self.redis;
-        let args: Vec<String> = vec![
-            r.keys.prefix.clone(),
-            channel.to_string(),
-            reason.to_string(),
-            r.settings.inbox_maxlen.to_string(),
-        ];
-        r.scripts.close.evalsha_with_reload(&r.client, Vec::<String>::new(), args).await.map_err(unavailable)
+        r.run(
+            &r.scripts.close,
+            vec![channel.to_string(), reason.to_string(), r.settings.inbox_maxlen.to_string()],
+        )
+        .await
     }
 }
 
@@ -73,26 +65,24 @@ impl OwnerBackend for RedisBackend {
             };
             let max_age_ms = retention.max_age_seconds.saturating_mul(1000);
             let min_id_ms = now_ms().saturating_sub(max_age_ms);
-            let args: Vec<String> = vec![
-                r.keys.prefix.clone(),
-                draft.channel.to_string(),
-                draft.from.to_string(),
-                draft.text.clone(),
-                meta,
-                retention.max_messages.max(1).to_string(),
-                min_id_ms.to_string(),
-                max_age_ms.max(1000).to_string(),
-                dedup.unwrap_or("").to_string(),
-                DEDUP_TTL_MS.to_string(),
-                draft.accepted_at_micros.to_string(),
-                r.settings.inbox_maxlen.to_string(),
-            ];
             let id: String = r
-                .scripts
-                .commit
-                .evalsha_with_reload(&r.client, Vec::<String>::new(), args)
-                .await
-                .map_err(unavailable)?;
+                .run(
+                    &r.scripts.commit,
+                    vec![
+                        draft.channel.to_string(),
+                        draft.from.to_string(),
+                        draft.text.clone(),
+                        meta,
+                        retention.max_messages.max(1).to_string(),
+                        min_id_ms.to_string(),
+                        max_age_ms.max(1000).to_string(),
+                        dedup.unwrap_or("").to_string(),
+                        DEDUP_TTL_MS.to_string(),
+                        draft.accepted_at_micros.to_string(),
+                        r.settings.inbox_maxlen.to_string(),
+                    ],
+                )
+                .await?;
             let id: MessageId =
                 id.parse().map_err(|e| ChatError::unavailable(format!("unexpected id from Redis: {e}")))?;
             Ok(StoredMessage::from_draft(draft, id, id.ms))
@@ -109,20 +99,18 @@ impl OwnerBackend for RedisBackend {
     ) -> BoxFuture<'a, ChatResult<usize>> {
         async move {
             let r = &self.redis;
-            let args: Vec<String> = vec![
-                r.keys.prefix.clone(),
-                channel.to_string(),
-                user.to_string(),
-                edge.to_string(),
-                max_members.to_string(),
-                r.settings.inbox_maxlen.to_string(),
-            ];
             let n: i64 = r
-                .scripts
-                .join
-                .evalsha_with_reload(&r.client, Vec::<String>::new(), args)
-                .await
-                .map_err(unavailable)?;
+                .run(
+                    &r.scripts.join,
+                    vec![
+                        channel.to_string(),
+                        user.to_string(),
+                        edge.to_string(),
+                        max_members.to_string(),
+                        r.settings.inbox_maxlen.to_string(),
+                    ],
+                )
+                .await?;
             if n < 0 { Err(channel_full(channel)) } else { Ok(n as usize) }
         }
         .boxed()
@@ -136,19 +124,17 @@ impl OwnerBackend for RedisBackend {
     ) -> BoxFuture<'a, ChatResult<()>> {
         async move {
             let r = &self.redis;
-            let args: Vec<String> = vec![
-                r.keys.prefix.clone(),
-                channel.to_string(),
-                user.to_string(),
-                edge.to_string(),
-                r.settings.inbox_maxlen.to_string(),
-            ];
             let _: i64 = r
-                .scripts
-                .leave
-                .evalsha_with_reload(&r.client, Vec::<String>::new(), args)
-                .await
-                .map_err(unavailable)?;
+                .run(
+                    &r.scripts.leave,
+                    vec![
+                        channel.to_string(),
+                        user.to_string(),
+                        edge.to_string(),
+                        r.settings.inbox_maxlen.to_string(),
+                    ],
+                )
+                .await?;
             Ok(())
         }
         .boxed()

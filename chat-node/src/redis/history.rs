@@ -84,18 +84,12 @@ impl HistoryStore for RedisHistory {
     ) -> BoxFuture<'a, ChatResult<Recovery>> {
         async move {
             let r = &self.redis;
-            let args: Vec<String> = vec![
-                r.keys.prefix.clone(),
-                channel.to_string(),
-                since.to_string(),
-                (MAX_HISTORY_LIMIT * 10).to_string(),
-            ];
             let reply: Value = r
-                .scripts
-                .after
-                .evalsha_with_reload(&r.client, Vec::<String>::new(), args)
-                .await
-                .map_err(unavailable)?;
+                .run(
+                    &r.scripts.after,
+                    vec![channel.to_string(), since.to_string(), (MAX_HISTORY_LIMIT * 10).to_string()],
+                )
+                .await?;
             let mut parts = reply.into_array().into_iter();
             let exists = parts.next().and_then(|v| v.as_i64()).unwrap_or(0) == 1;
             if !exists {

@@ -131,6 +131,20 @@ impl RedisCtx {
     }
 }
 
+impl RedisCtx {
+    /// Runs one of our Lua scripts with the key prefix as its first argument.
+    pub async fn run<R: fred::types::FromValue>(
+        &self,
+        script: &fred::types::scripts::Script,
+        args: Vec<String>,
+    ) -> Result<R, ChatError> {
+        let mut argv = Vec::with_capacity(args.len() + 1);
+        argv.push(self.keys.prefix.clone());
+        argv.extend(args);
+        script.evalsha_with_reload(&self.client, Vec::<String>::new(), argv).await.map_err(unavailable)
+    }
+}
+
 /// Any Redis failure reaches clients as `unavailable`.
 pub fn unavailable(e: fred::error::Error) -> ChatError {
     tracing::debug!(error = %e, "redis command failed");
