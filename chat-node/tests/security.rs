@@ -451,3 +451,50 @@ async fn flooding_closes_with_1008_and_counts_it() {
     node.wait_for_metric("shardchat_rate_limit_closes_total 1").await;
     node.wait_for_metric("shardchat_disconnects_total{reason=\"flood\"} 1").await;
 }
+
+#[tokio::test]
+async fn hostile_frames_get_errors_and_the_connection_stays_open() {
+    let node = TestNode::start(&[]).await;
+    let mut c = node.connect("alice").await;
+    c.join("town-1").await;
+    let nest = |depth: usize, leaf: &str| format!("{}{leaf}{}", "[".repeat(depth), "]".repeat(depth));
+    let frames = [
+        // Past serde_json's recursion limit (128), in a known and an unknown field.
+        format!(
+            r#"{{"op":"publish","id":1,"channel":"town-1","text":"x","meta":{{"a":{}}}}}"#,
+            nest(200, "1")
+        ),
+        format!(r#"{{"op":"ping","id":2,"junk":{}}}"#, nest(500, "")),
+        // Within it, but deeper than `meta` allows.
+        format!(
+            r#"{{"op":"publish","id":3,"channel":"town-1","text":"x","meta":{{"a":{}}}}}"#,
+            nest(60, "1")
+        ),
+        // Bad channel names, ids, types.
+        r#"{"op":"join","id":4,"channel":"bad name"}"#.to_string(),
+        format!(r#"{{"op":"join","id":5,"channel":"{}"}}"#, "a".repeat(129)),
+        r#"{"op":"join","id":6,"channel":"../../etc"}"#.to_string(),
+        r#"{"op":"publish","id":7,"channel":"town-1","text":{"$gt":""}}"#.to_string(),
+        r#"{"op":"history","id":8,"channel":"town-1","limit":-1}"#.to_string(),
+        r#"{"op":"history","id":9,"channel":"town-1","limit":1e308}"#.to_string(),
+        r#"{"op":"join","id":10,"channel":"town-1","since":"99999999999999999999999-1"}"#.to_string(),
+        format!(r#"{{"op":"ping","id":"{}"}}"#, "i".repeat(100)),
+        "\u{0}\u{1}".to_string(),
+        "[]".to_string(),
+        "null".to_string(),
+    ];
+    for f in &frames {
+        c.send_raw(tungstenite::Message::text(f.clone())).await;
+        let mut v = c.recv().await;
+        while v["op"] == "presence" {
+            v = c.recv().await;
+        }
+        assert!(v["op"] == "error" || v["ok"] == json!(false), "{f:.80}: {v}");
+        let code = &v["error"]["code"];
+        assert!(code == "bad_request" || code == "too_large", "{f:.80}: {v}");
+    }
+    // Still open and working.
+    c.ok(json!({"op":"ping"})).await;
+    let id = c.publish("town-1", "still here").await;
+    assert!(!id.is_empty());
+}
