@@ -221,6 +221,22 @@ fn classify(e: axum::Error) -> Option<CloseReason> {
     }
 }
 
+/// Queue items written before one flush.
+const MAX_FRAMES_PER_FLUSH: usize = 256;
+
+/// Buffers `item`'s frames in the sink without flushing.
+async fn feed(sink: &mut SplitSink<WebSocket, Message>, item: Outbound) -> Result<(), axum::Error> {
+    match item {
+        Outbound::Frame(f) => sink.feed(Message::Text(f)).await,
+        Outbound::Batch(frames) => {
+            for f in frames {
+                sink.feed(Message::Text(f)).await?;
+            }
+            Ok(())
+        }
+    }
+}
+
 async fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
     mut rx: mpsc::Receiver<Outbound>,
@@ -238,13 +254,7 @@ async fn write_loop(
                     // what is queued so the client learns why, then close.
                     let _ = tokio::time::timeout(write_timeout, async {
                         while let Ok(item) = rx.try_recv() {
-                            let frames = match item {
-                                Outbound::Frame(f) => vec![f],
-                                Outbound::Batch(frames) => frames,
-                            };
-                            for f in frames {
-                                sink.feed(Message::Text(f)).await?;
-                            }
+                            feed(&mut sink, item).await?;
                         }
                         sink.flush().await
                     })
@@ -255,16 +265,19 @@ async fn write_loop(
                 return;
             }
             item = rx.recv() => match item {
-                Some(Outbound::Frame(f)) => tokio::time::timeout(write_timeout, sink.send(Message::Text(f))).await,
-                Some(Outbound::Batch(frames)) => {
-                    tokio::time::timeout(write_timeout, async {
-                        for f in frames {
-                            sink.feed(Message::Text(f)).await?;
+                // Write what is queued (up to a bound) with one flush: a busy
+                // connection gets few large writes instead of one syscall per frame.
+                Some(item) => tokio::time::timeout(write_timeout, async {
+                    feed(&mut sink, item).await?;
+                    for _ in 0..MAX_FRAMES_PER_FLUSH {
+                        match rx.try_recv() {
+                            Ok(item) => feed(&mut sink, item).await?,
+                            Err(_) => break,
                         }
-                        sink.flush().await
-                    })
-                    .await
-                }
+                    }
+                    sink.flush().await
+                })
+                .await,
                 None => return,
             },
             _ = ping.tick() => tokio::time::timeout(write_timeout, sink.send(Message::Ping(Default::default()))).await,
