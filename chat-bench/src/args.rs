@@ -94,6 +94,12 @@ pub struct Args {
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
 
+    /// Extra abusive connections that flood publishes on their own channel
+    /// during the publish window, ignoring rate limits and reconnecting when
+    /// closed; the report then shows whether the normal members suffered.
+    #[arg(long, default_value_t = 0)]
+    pub flooders: usize,
+
     /// Print one JSON object instead of the table (schema: see --help).
     #[arg(long)]
     pub json: bool,

@@ -11,11 +11,13 @@
 //! * [`run`]: orchestration of a run;
 //! * [`summary`]: figures and verdict (also the `--json` schema);
 //! * [`report`]: table and JSON rendering;
-//! * [`fdlimit`]: open-files pre-flight check.
+//! * [`fdlimit`]: open-files pre-flight check;
+//! * [`flood`]: abusive clients for flood-isolation runs.
 
 pub mod args;
 pub mod client;
 pub mod fdlimit;
+pub mod flood;
 pub mod latency;
 pub mod meta;
 pub mod plan;

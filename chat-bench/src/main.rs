@@ -37,6 +37,7 @@ fn main() -> ExitCode {
         connect_timeout: args.connect_timeout,
         allow_loss: args.allow_loss,
         quiet: args.quiet,
+        flooders: args.flooders,
     };
     let summary = match runtime.block_on(run::run(plan, opts)) {
         Ok(s) => s,

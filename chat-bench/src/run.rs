@@ -8,6 +8,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until};
 
 use crate::client::{SetupEvent, Shared, Timeline, run_connection};
+use crate::flood::{FloodStats, flood};
 use crate::latency::{Percentiles, ShardedHistogram};
 use crate::plan::Plan;
 use crate::summary::{RunFacts, Summary, summarize};
@@ -24,6 +25,8 @@ pub struct Options {
     pub connect_timeout: Duration,
     pub allow_loss: bool,
     pub quiet: bool,
+    /// Abusive flood connections (see `flood`).
+    pub flooders: usize,
 }
 
 fn progress(quiet: bool, msg: impl AsRef<str>) {
@@ -111,6 +114,16 @@ pub async fn run(plan: Plan, opts: Options) -> anyhow::Result<Summary> {
     let timeline = Timeline { t0, end: publish_end + plan.drain };
     // Fails only when every task has already ended; then there is nothing to start.
     let _ = start_tx.send(Some(timeline));
+    let flood_stats = Arc::new(FloodStats::default());
+    let flooders: Vec<_> = (0..opts.flooders)
+        .map(|i| {
+            let base = &plan.endpoints[i % plan.endpoints.len()];
+            let sep = if base.contains('?') { '&' } else { '?' };
+            let url = format!("{base}{sep}user=flood-{i}");
+            let channel = format!("bench-{}-flood-{i}", plan.run_id);
+            tokio::spawn(flood(url, channel, t0, publish_end, flood_stats.clone()))
+        })
+        .collect();
     progress(
         opts.quiet,
         format!(
@@ -123,6 +136,13 @@ pub async fn run(plan: Plan, opts: Options) -> anyhow::Result<Summary> {
     );
     sleep_until(publish_end).await;
     progress(opts.quiet, "publishing done; draining");
+    for f in flooders {
+        let _ = f.await;
+    }
+    if opts.flooders > 0 {
+        // Printed even with --quiet: it qualifies every figure of the run.
+        eprintln!("chat-bench: {}", flood_stats.line(opts.flooders));
+    }
 
     let mut outcomes = Vec::with_capacity(n);
     let mut lost_tasks = 0;

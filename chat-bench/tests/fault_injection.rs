@@ -176,6 +176,7 @@ async fn bench(fault: Fault, allow_loss: bool) -> Summary {
         connect_timeout: Duration::from_secs(5),
         allow_loss,
         quiet: true,
+        flooders: 0,
     };
     run(plan, opts).await.expect("run")
 }
@@ -249,6 +250,7 @@ async fn reports_connection_failures() {
         connect_timeout: Duration::from_secs(2),
         allow_loss: false,
         quiet: true,
+        flooders: 0,
     };
     let s = run(plan, opts).await.expect("run");
     assert_eq!(s.connections.connect_failed, 2);
