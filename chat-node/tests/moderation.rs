@@ -412,26 +412,3 @@ async fn service_down_at_start_and_fail_closed_over_the_wire() {
     node.wait_for_metric("shardchat_moderation_service_calls_total{result=\"error\"} 2").await;
     node.wait_for_metric("shardchat_moderation_decisions_total{decision=\"unavailable\"} 1").await;
 }
-
-/// Throughput of the word filter; a measurement, not an assertion. Run with
-/// `cargo test --release -p chat-node --test moderation -- --ignored --nocapture filter_throughput`.
-#[test]
-#[ignore]
-fn filter_throughput() {
-    let f = WordFilter::builtin();
-    let samples = [
-        ("short chat", "gg wp, that was close! see you next round".to_string()),
-        ("short korean", "아 진짜 오늘 랭겜 너무 힘들다 ㅋㅋㅋ 다음 판 가자".to_string()),
-        ("2000 chars mixed", "hello fuck 씨발 f.u.c.k 시발점 ".repeat(80).chars().take(2000).collect()),
-        ("2000 x", "x".repeat(2000)),
-    ];
-    for (name, text) in samples {
-        let n = 20_000;
-        let started = std::time::Instant::now();
-        for _ in 0..n {
-            std::hint::black_box(f.apply(ModerationMode::Mask, text.clone()).unwrap());
-        }
-        let per = started.elapsed() / n;
-        println!("{name:>18}: {per:?} per message ({} chars)", text.chars().count());
-    }
-}
