@@ -18,6 +18,7 @@ use shardchat_common::{ChannelName, MessageId};
 
 use crate::clock::now_micros;
 use crate::history::StoredMessage;
+use crate::keyed_lock::{KeyedGuard, KeyedLocks};
 use crate::metrics::Metrics;
 use crate::session::outbound::{Outbound, SessionHandle};
 
@@ -69,6 +70,10 @@ struct LocalChannel {
 
 pub struct Hub {
     channels: RwLock<HashMap<ChannelName, Arc<Mutex<LocalChannel>>>>,
+    /// Serializes one user's membership changes in one channel on this node
+    /// (subscribe + owner join, unsubscribe + owner leave), so the owner
+    /// sees them in the order they were decided.
+    membership: KeyedLocks<(ChannelName, Arc<str>)>,
     metrics: Arc<Metrics>,
     /// Events a recovering subscriber may buffer before it counts as a slow consumer.
     max_buffered: usize,
@@ -84,7 +89,12 @@ pub struct UserChange {
 
 impl Hub {
     pub fn new(metrics: Arc<Metrics>, max_buffered: usize) -> Self {
-        Self { channels: RwLock::new(HashMap::new()), metrics, max_buffered }
+        Self {
+            channels: RwLock::new(HashMap::new()),
+            membership: KeyedLocks::default(),
+            metrics,
+            max_buffered,
+        }
     }
 
     fn channel(&self, name: &ChannelName) -> Option<Arc<Mutex<LocalChannel>>> {
@@ -96,6 +106,15 @@ impl Hub {
             return c;
         }
         self.channels.write().unwrap_or_else(|p| p.into_inner()).entry(name.clone()).or_default().clone()
+    }
+
+    /// Takes the lock for changing `user`'s membership of `channel` here.
+    pub async fn membership_lock(
+        &self,
+        channel: &ChannelName,
+        user: &Arc<str>,
+    ) -> KeyedGuard<'_, (ChannelName, Arc<str>)> {
+        self.membership.lock((channel.clone(), user.clone())).await
     }
 
     /// Registers `handle` in `channel`, buffering live events until `activate`.

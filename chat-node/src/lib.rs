@@ -14,6 +14,7 @@ pub mod error;
 pub mod history;
 pub mod http;
 pub mod hub;
+pub mod keyed_lock;
 pub mod lifecycle;
 pub mod local_backend;
 pub mod metrics;

@@ -552,3 +552,31 @@ async fn idle_nodes_keep_reading_their_inbox_without_errors() {
     a.publish(&remote, "wake up").await;
     assert_eq!(a.next_op("message").await["text"], "wake up");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnecting_quickly_keeps_the_new_connection_a_member() {
+    // A player's old connection going away while its new one joins must not
+    // leave the new one without messages (leave and join race on the edge).
+    let cluster = start_cluster(2, true, &[]);
+    let room = channel_owned_by(1, &[0, 1], "reconnect");
+    let mut speaker = connect(&cluster.nodes[1], "speaker").await;
+    speaker.join(&room).await;
+    let mut current = connect(&cluster.nodes[0], "player").await;
+    current.join(&room).await;
+    for i in 0..25 {
+        let mut next = connect(&cluster.nodes[0], "player").await;
+        // The old connection dies while the new one joins.
+        let (_, joined) = tokio::join!(async { drop(current) }, next.request(json!({"op":"join","channel":room})));
+        assert_eq!(joined["ok"], json!(true));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let text = format!("round {i}");
+        speaker.publish(&room, &text).await;
+        loop {
+            let m = next.next_op("message").await;
+            if m["text"] == text {
+                break;
+            }
+        }
+        current = next;
+    }
+}

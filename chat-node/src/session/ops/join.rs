@@ -28,6 +28,7 @@ pub async fn handle(
         return Err(ChatError::bad_request(format!("a connection may join at most {max} channels")));
     }
     let node = session.node.clone();
+    let membership = node.hub.membership_lock(&channel, &session.identity.user).await;
     node.hub.subscribe(&channel, &session.handle);
     // Joins are idempotent per (user, node) at the owner, so every join asks;
     // only the user's last local leave tells the owner (see leave.rs).
@@ -38,6 +39,7 @@ pub async fn handle(
             return Err(e);
         }
     };
+    drop(membership);
     session.joined.insert(channel.clone());
     let (backlog, recovered) = match since {
         Some(since) => match node.history.after(&channel, since).await {

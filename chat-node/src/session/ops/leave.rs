@@ -18,6 +18,7 @@ pub async fn handle(session: &mut Session, channel: ChannelName) -> ChatResult<R
 /// Removes the connection from `channel`'s local subscribers and, when it
 /// was the user's last connection here, tells the owner (presence `leave`).
 pub async fn detach(session: &Session, channel: &ChannelName) {
+    let _membership = session.node.hub.membership_lock(channel, &session.identity.user).await;
     let change = session.node.hub.unsubscribe(channel, &session.handle);
     if change.first_or_last
         && let Err(e) = session.node.cluster.leave(channel, &session.identity.user).await
