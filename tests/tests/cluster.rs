@@ -566,7 +566,8 @@ async fn reconnecting_quickly_keeps_the_new_connection_a_member() {
     for i in 0..25 {
         let mut next = connect(&cluster.nodes[0], "player").await;
         // The old connection dies while the new one joins.
-        let (_, joined) = tokio::join!(async { drop(current) }, next.request(json!({"op":"join","channel":room})));
+        let (_, joined) =
+            tokio::join!(async { drop(current) }, next.request(json!({"op":"join","channel":room})));
         assert_eq!(joined["ok"], json!(true));
         tokio::time::sleep(Duration::from_millis(50)).await;
         let text = format!("round {i}");

@@ -9,6 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::metrics::registered;
 use axum::http::{HeaderMap, header};
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 use shardchat_common::protocol::ErrorCode;
@@ -37,37 +38,37 @@ pub struct SecurityMetrics {
 impl SecurityMetrics {
     pub fn new(registry: &Registry) -> Self {
         let m = Self {
-            auth_failures: IntCounterVec::new(
-                Opts::new("shardchat_auth_failures_total", "Refused authentications, by reason"),
-                &["reason"],
-            )
-            .expect("valid metric"),
-            connect_rate_limited: IntCounter::new(
-                "shardchat_connect_rate_limited_total",
-                "WebSocket upgrades refused (429) by the per-IP connection limit",
-            )
-            .expect("valid metric"),
-            rate_limit_closes: IntCounter::new(
-                "shardchat_rate_limit_closes_total",
-                "Connections closed with 1008 for repeatedly exceeding their rate limits",
-            )
-            .expect("valid metric"),
-            token_expired_closes: IntCounter::new(
-                "shardchat_token_expired_closes_total",
-                "Connections closed with 4001 because their token expired mid-session",
-            )
-            .expect("valid metric"),
+            auth_failures: registered(
+                registry,
+                IntCounterVec::new(
+                    Opts::new("shardchat_auth_failures_total", "Refused authentications, by reason"),
+                    &["reason"],
+                ),
+            ),
+            connect_rate_limited: registered(
+                registry,
+                IntCounter::new(
+                    "shardchat_connect_rate_limited_total",
+                    "WebSocket upgrades refused (429) by the per-IP connection limit",
+                ),
+            ),
+            rate_limit_closes: registered(
+                registry,
+                IntCounter::new(
+                    "shardchat_rate_limit_closes_total",
+                    "Connections closed with 1008 for repeatedly exceeding their rate limits",
+                ),
+            ),
+            token_expired_closes: registered(
+                registry,
+                IntCounter::new(
+                    "shardchat_token_expired_closes_total",
+                    "Connections closed with 4001 because their token expired mid-session",
+                ),
+            ),
         };
         for reason in ["missing", "invalid", "expired", "forbidden"] {
             m.auth_failures.with_label_values(&[reason]);
-        }
-        for c in [
-            Box::new(m.auth_failures.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(m.connect_rate_limited.clone()),
-            Box::new(m.rate_limit_closes.clone()),
-            Box::new(m.token_expired_closes.clone()),
-        ] {
-            registry.register(c).expect("metric names are unique");
         }
         m
     }

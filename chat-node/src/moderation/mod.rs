@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
+use crate::metrics::registered;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use shardchat_common::ModerationMode;
 use shardchat_common::protocol::ErrorCode;
@@ -38,32 +39,28 @@ pub struct ModerationMetrics {
 impl ModerationMetrics {
     pub fn new(registry: &Registry) -> Self {
         let m = Self {
-            decisions: IntCounterVec::new(
-                Opts::new("shardchat_moderation_decisions_total", "Moderated messages, by decision"),
-                &["decision"],
-            )
-            .expect("valid metric"),
-            failed_open: IntCounter::new(
-                "shardchat_moderation_failed_open_total",
-                "Messages delivered without the moderation service's verdict because it failed (fail-open)",
-            )
-            .expect("valid metric"),
-            word_list_entries: IntGauge::new(
-                "shardchat_moderation_word_list_entries",
-                "Entries in the word list in force",
-            )
-            .expect("valid metric"),
+            decisions: registered(
+                registry,
+                IntCounterVec::new(
+                    Opts::new("shardchat_moderation_decisions_total", "Moderated messages, by decision"),
+                    &["decision"],
+                ),
+            ),
+            failed_open: registered(
+                registry,
+                IntCounter::new(
+                    "shardchat_moderation_failed_open_total",
+                    "Messages delivered without the moderation service's verdict because it failed (fail-open)",
+                ),
+            ),
+            word_list_entries: registered(
+                registry,
+                IntGauge::new("shardchat_moderation_word_list_entries", "Entries in the word list in force"),
+            ),
             service: ServiceMetrics::new(registry),
         };
         for d in ["allowed", "masked", "rejected", "unavailable"] {
             m.decisions.with_label_values(&[d]);
-        }
-        for c in [
-            Box::new(m.decisions.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(m.failed_open.clone()),
-            Box::new(m.word_list_entries.clone()),
-        ] {
-            registry.register(c).expect("metric names are unique");
         }
         m
     }

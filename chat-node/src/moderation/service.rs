@@ -10,6 +10,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::metrics::registered;
 use failsafe::failure_policy::{ConsecutiveFailures, consecutive_failures};
 use failsafe::{Instrument, StateMachine};
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
@@ -69,43 +70,43 @@ pub struct ServiceMetrics {
 impl ServiceMetrics {
     pub fn new(registry: &Registry) -> Self {
         let m = Self {
-            calls: IntCounterVec::new(
-                Opts::new(
-                    "shardchat_moderation_service_calls_total",
-                    "Calls to the moderation service, by result",
+            calls: registered(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "shardchat_moderation_service_calls_total",
+                        "Calls to the moderation service, by result",
+                    ),
+                    &["result"],
                 ),
-                &["result"],
-            )
-            .expect("valid metric"),
-            breaker_state: IntGauge::new(
-                "shardchat_moderation_breaker_state",
-                "Moderation service circuit breaker: 0 closed, 1 open, 2 half-open",
-            )
-            .expect("valid metric"),
-            breaker_opened: prometheus::IntCounter::new(
-                "shardchat_moderation_breaker_opened_total",
-                "Times the moderation circuit breaker opened",
-            )
-            .expect("valid metric"),
-            latency: Histogram::with_opts(
-                HistogramOpts::new(
-                    "shardchat_moderation_service_seconds",
-                    "Latency of moderation service calls (each attempt)",
-                )
-                .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]),
-            )
-            .expect("valid metric"),
+            ),
+            breaker_state: registered(
+                registry,
+                IntGauge::new(
+                    "shardchat_moderation_breaker_state",
+                    "Moderation service circuit breaker: 0 closed, 1 open, 2 half-open",
+                ),
+            ),
+            breaker_opened: registered(
+                registry,
+                prometheus::IntCounter::new(
+                    "shardchat_moderation_breaker_opened_total",
+                    "Times the moderation circuit breaker opened",
+                ),
+            ),
+            latency: registered(
+                registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "shardchat_moderation_service_seconds",
+                        "Latency of moderation service calls (each attempt)",
+                    )
+                    .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]),
+                ),
+            ),
         };
         for r in ["ok", "error", "timeout", "breaker_open"] {
             m.calls.with_label_values(&[r]);
-        }
-        for c in [
-            Box::new(m.calls.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(m.breaker_state.clone()),
-            Box::new(m.breaker_opened.clone()),
-            Box::new(m.latency.clone()),
-        ] {
-            registry.register(c).expect("metric names are unique");
         }
         m
     }
