@@ -215,3 +215,45 @@ async fn rejoin_on_the_same_connection_is_harmless() {
     let _ = a.next_op("presence").await;
     a.assert_silent(Duration::from_millis(100)).await;
 }
+
+#[tokio::test]
+async fn an_unknown_since_does_not_filter_live_messages() {
+    // Ids are per channel: an id from another channel (or from before the
+    // server lost its data) may equal or exceed this channel's ids. The join
+    // says `recovered: false` and must then deliver every live message.
+    let node = TestNode::start(&[]).await;
+    let mut alice = node.connect("alice").await;
+    let mut gus = node.connect("gus").await;
+    alice.join("town-137").await;
+    gus.join("town-137").await;
+    gus.join("lobby").await;
+    let far_future = "99999999999999-0";
+    let reply = alice.ok(json!({"op":"join","channel":"lobby","since":far_future})).await;
+    assert_eq!(reply["recovered"], json!(false));
+    let id = gus.publish("lobby", "welcome to the lobby").await;
+    let m = loop {
+        let m = alice.next_op("message").await;
+        if m["channel"] == "lobby" {
+            break m;
+        }
+    };
+    assert_eq!(m["id"], json!(id));
+}
+
+#[tokio::test]
+async fn join_since_zero_recovers_everything_retained() {
+    // How a client with no history yet joins without a gap: `since` = "0-0".
+    let node = TestNode::start(&[]).await;
+    let mut gus = node.connect("gus").await;
+    gus.join("lobby").await;
+    let first = gus.publish("lobby", "before alice").await;
+    let mut alice = node.connect("alice").await;
+    let reply = alice.ok(json!({"op":"join","channel":"lobby","since":"0-0"})).await;
+    assert_eq!(reply["recovered"], json!(true));
+    assert_eq!(alice.next_op("message").await["id"], json!(first));
+    let mut empty = node.connect("eve").await;
+    assert_eq!(
+        empty.ok(json!({"op":"join","channel":"nobody-here","since":"0-0"})).await["recovered"],
+        json!(true)
+    );
+}

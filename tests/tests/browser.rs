@@ -341,7 +341,11 @@ async fn chat_both_ways(page: &Page, node: &ChatNode) -> anyhow::Result<()> {
     gus.publish(CHANNEL, "only for town-137").await?;
     gus.join("lobby").await?;
     let id_lobby = gus.publish("lobby", "welcome to the lobby").await?;
-    page.wait_for(&shows_message(&id_lobby, "welcome to the lobby"), WAIT).await?;
+    if let Err(e) = page.wait_for(&shows_message(&id_lobby, "welcome to the lobby"), WAIT).await {
+        let ids = message_ids(page).await?;
+        let html = page.eval("document.querySelector('#messages').innerHTML").await?;
+        anyhow::bail!("{e:#}; the page shows message ids {ids:?}, expected {id_lobby}; #messages: {html}");
+    }
     let ids = message_ids(page).await?;
     ensure!(ids == [id_lobby.clone()], "after switching to #lobby the page shows {ids:?}");
     gus.close().await;

@@ -54,7 +54,11 @@ pub async fn handle(
     };
     let reply = id
         .map(|id| encode(&ServerFrame::Reply(Reply { recovered, members: Some(members), ..Reply::ok(id) })));
-    node.hub.activate(&channel, session.handle.id, reply, since, backlog);
+    // When `since` cannot be trusted (unknown here, or older than retention),
+    // live messages must not be filtered by it: ids are only comparable
+    // within what this channel's history knows.
+    let deliver_after = if recovered == Some(false) { None } else { since };
+    node.hub.activate(&channel, session.handle.id, reply, deliver_after, backlog);
     node.metrics.joins.inc();
     Ok(())
 }
