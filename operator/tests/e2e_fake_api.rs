@@ -8,7 +8,6 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,24 +20,10 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 use support::fake_api::FakeApi;
 use support::redis::RedisServer;
+use support::wait_for;
 
 const NS: &str = "games";
 const PREFIX: &str = "e2e";
-
-async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 fn pod(name: &str, ready_since_secs_ago: i64) -> Pod {
     use k8s_openapi::jiff::Timestamp;
@@ -57,16 +42,16 @@ fn pod(name: &str, ready_since_secs_ago: i64) -> Pod {
 }
 
 fn ring_in(redis: &RedisServer) -> Option<RingSnapshot> {
-    let raw = redis.cli(&["GET", &format!("{PREFIX}:ring")]);
+    let raw = redis.raw(&["GET", &format!("{PREFIX}:ring")]);
     if raw.is_empty() { None } else { Some(serde_json::from_str(&raw).unwrap()) }
 }
 
 fn config_in(redis: &RedisServer, channel: &str) -> String {
-    redis.cli(&["HGET", &format!("{PREFIX}:channels"), channel])
+    redis.raw(&["HGET", &format!("{PREFIX}:channels"), channel])
 }
 
 fn version_in(redis: &RedisServer) -> i64 {
-    redis.cli(&["GET", &format!("{PREFIX}:channels:version")]).parse().unwrap_or(0)
+    redis.raw(&["GET", &format!("{PREFIX}:channels:version")]).parse().unwrap_or(0)
 }
 
 /// metadata.name -> (node, ringEpoch) for every Ready ChatChannel.
@@ -213,7 +198,7 @@ async fn operator_assigns_rebalances_edits_and_deletes_channels() {
     .await;
 
     // 4. Drift: a config deleted by hand comes back with the periodic requeue.
-    redis.cli(&["HDEL", &format!("{PREFIX}:channels"), "town-5"]);
+    redis.raw(&["HDEL", &format!("{PREFIX}:channels"), "town-5"]);
     wait_for("repaired config", Duration::from_secs(10), || async {
         (!config_in(&redis, "town-5").is_empty()).then_some(())
     })
@@ -222,15 +207,15 @@ async fn operator_assigns_rebalances_edits_and_deletes_channels() {
     // 5. Delete with policy Delete: config and history gone, owner told to
     //    close, finalizer removed, object gone.
     let owner = after["town-137"].0.clone();
-    redis.cli(&["XADD", &format!("{PREFIX}:history:town-137"), "*", "m", "hello"]);
+    redis.raw(&["XADD", &format!("{PREFIX}:history:town-137"), "*", "m", "hello"]);
     channels.delete("town-137", &DeleteParams::default()).await.unwrap();
     wait_for("town-137 removed", Duration::from_secs(10), || async {
         channels.get_opt("town-137").await.unwrap().is_none().then_some(())
     })
     .await;
     assert_eq!(config_in(&redis, "town-137"), "");
-    assert_eq!(redis.cli(&["EXISTS", &format!("{PREFIX}:history:town-137")]), "0");
-    let inbox = redis.cli(&["XRANGE", &format!("{PREFIX}:inbox:{owner}"), "-", "+"]);
+    assert_eq!(redis.raw(&["EXISTS", &format!("{PREFIX}:history:town-137")]), "0");
+    let inbox = redis.raw(&["XRANGE", &format!("{PREFIX}:inbox:{owner}"), "-", "+"]);
     assert!(inbox.contains(r#"{"channel":"town-137","reason":"deleted"}"#), "{inbox}");
 
     // 6. Scale back 4 -> 3: the moved channels return to their old owners.

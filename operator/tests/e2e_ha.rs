@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -19,24 +18,10 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 use support::fake_api::FakeApi;
 use support::redis::RedisServer;
+use support::wait_for;
 
 const NS: &str = "games";
 const PREFIX: &str = "ha";
-
-async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 fn ready_pod(name: &str) -> Pod {
     let ltt = k8s_openapi::jiff::Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(60);
@@ -82,11 +67,11 @@ impl Replica {
 }
 
 fn ring_in(redis: &RedisServer) -> RingSnapshot {
-    serde_json::from_str(&redis.cli(&["GET", &format!("{PREFIX}:ring")])).unwrap()
+    serde_json::from_str(&redis.raw(&["GET", &format!("{PREFIX}:ring")])).unwrap()
 }
 
 fn max_messages_in(redis: &RedisServer) -> String {
-    redis.cli(&["HGET", &format!("{PREFIX}:channels"), "lobby"])
+    redis.raw(&["HGET", &format!("{PREFIX}:channels"), "lobby"])
 }
 
 async fn set_max_messages(api: &Api<ChatChannel>, n: u32) {

@@ -20,7 +20,6 @@
 mod support;
 
 use std::collections::{BTreeMap, HashSet};
-use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -36,6 +35,7 @@ use shardchat_tests::client::{Client, Http, id_of};
 use shardchat_tests::node::ChatNode;
 use shardchat_tests::redis::RedisServer;
 use support::fake_api::FakeApi;
+use support::wait_for;
 
 const NS: &str = "games";
 /// Same default on both binaries; spelled out so the test reads the right keys.
@@ -52,23 +52,8 @@ fn node_id(i: usize) -> String {
     format!("chat-node-{i}")
 }
 
-async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 fn cli(redis: &RedisServer, args: &[&str]) -> String {
-    redis.cli(args).unwrap_or_else(|e| panic!("redis-cli {args:?}: {e:#}")).trim().to_string()
+    redis.raw(args).trim().to_string()
 }
 
 fn ring_in(redis: &RedisServer) -> Option<RingSnapshot> {

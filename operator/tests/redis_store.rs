@@ -22,10 +22,10 @@ async fn config_is_published_with_a_version_bump_only_on_change() {
     let cfg = r#"{"name":"town-137","retention":{"maxMessages":50,"maxAgeSeconds":600},"access":{}}"#;
     assert!(s.put_config("town-137", cfg).await.unwrap());
     assert!(!s.put_config("town-137", cfg).await.unwrap());
-    assert_eq!(redis.cli(&["HGET", "sc:channels", "town-137"]), cfg);
-    assert_eq!(redis.cli(&["GET", "sc:channels:version"]), "1");
+    assert_eq!(redis.raw(&["HGET", "sc:channels", "town-137"]), cfg);
+    assert_eq!(redis.raw(&["GET", "sc:channels:version"]), "1");
     assert!(s.put_config("town-137", r#"{"name":"town-137"}"#).await.unwrap());
-    assert_eq!(redis.cli(&["GET", "sc:channels:version"]), "2");
+    assert_eq!(redis.raw(&["GET", "sc:channels:version"]), "2");
     assert_eq!(s.get_config("town-137").await.unwrap().as_deref(), Some(r#"{"name":"town-137"}"#));
 }
 
@@ -35,24 +35,24 @@ async fn delete_policy_removes_config_and_history_and_sends_close() {
     let s = store(&redis).await;
     s.put_config("town-137", r#"{"name":"town-137"}"#).await.unwrap();
     s.put_config("town-138", r#"{"name":"town-138"}"#).await.unwrap();
-    redis.cli(&["XADD", "sc:history:town-137", "*", "m", "hello"]);
-    redis.cli(&["XADD", "sc:history:town-138", "*", "m", "hello"]);
+    redis.raw(&["XADD", "sc:history:town-137", "*", "m", "hello"]);
+    redis.raw(&["XADD", "sc:history:town-138", "*", "m", "hello"]);
     s.remove_channel("town-137", DeletionPolicy::Delete, Some("chat-node-1")).await.unwrap();
-    assert_eq!(redis.cli(&["HEXISTS", "sc:channels", "town-137"]), "0");
-    assert_eq!(redis.cli(&["GET", "sc:channels:version"]), "3");
-    assert_eq!(redis.cli(&["EXISTS", "sc:history:town-137"]), "0");
-    let inbox = redis.cli(&["XRANGE", "sc:inbox:chat-node-1", "-", "+"]);
+    assert_eq!(redis.raw(&["HEXISTS", "sc:channels", "town-137"]), "0");
+    assert_eq!(redis.raw(&["GET", "sc:channels:version"]), "3");
+    assert_eq!(redis.raw(&["EXISTS", "sc:history:town-137"]), "0");
+    let inbox = redis.raw(&["XRANGE", "sc:inbox:chat-node-1", "-", "+"]);
     let lines: Vec<&str> = inbox.lines().collect();
     assert_eq!(&lines[1..], ["k", "close", "d", r#"{"channel":"town-137","reason":"deleted"}"#], "{inbox}");
     // Retried cleanup: no second version bump for a field already gone.
     s.remove_channel("town-137", DeletionPolicy::Retain, None).await.unwrap();
-    assert_eq!(redis.cli(&["GET", "sc:channels:version"]), "3");
+    assert_eq!(redis.raw(&["GET", "sc:channels:version"]), "3");
     // Retain keeps history.
     s.remove_channel("town-138", DeletionPolicy::Retain, Some("chat-node-1")).await.unwrap();
-    assert_eq!(redis.cli(&["HEXISTS", "sc:channels", "town-138"]), "0");
-    assert_eq!(redis.cli(&["GET", "sc:channels:version"]), "4");
-    assert_eq!(redis.cli(&["EXISTS", "sc:history:town-138"]), "1");
-    assert_eq!(redis.cli(&["XLEN", "sc:inbox:chat-node-1"]), "1");
+    assert_eq!(redis.raw(&["HEXISTS", "sc:channels", "town-138"]), "0");
+    assert_eq!(redis.raw(&["GET", "sc:channels:version"]), "4");
+    assert_eq!(redis.raw(&["EXISTS", "sc:history:town-138"]), "1");
+    assert_eq!(redis.raw(&["XLEN", "sc:inbox:chat-node-1"]), "1");
 }
 
 fn members(n: usize) -> Vec<String> {
@@ -66,7 +66,7 @@ async fn ring_epoch_only_moves_forward() {
     let r1 = publish(&s, &members(3), 512, None, 0).await.unwrap();
     assert_eq!(r1, RingSnapshot { epoch: 1, vnodes: 512, nodes: members(3) });
     assert_eq!(
-        redis.cli(&["GET", "sc:ring"]),
+        redis.raw(&["GET", "sc:ring"]),
         r#"{"epoch":1,"vnodes":512,"nodes":["chat-node-0","chat-node-1","chat-node-2"]}"#
     );
     // Same members: same epoch, nothing written.
@@ -74,14 +74,14 @@ async fn ring_epoch_only_moves_forward() {
     let r2 = publish(&s, &members(4), 512, Some(&r1), 0).await.unwrap();
     assert_eq!(r2.epoch, 2);
     // Redis restarted empty: the last ring comes back unchanged.
-    redis.cli(&["FLUSHALL"]);
+    redis.raw(&["FLUSHALL"]);
     assert_eq!(publish(&s, &members(4), 512, Some(&r2), 0).await.unwrap(), r2);
     assert_eq!(s.ring().await.unwrap(), Some(r2.clone()));
     // ... and after an operator restart too, thanks to the status floor.
-    redis.cli(&["FLUSHALL"]);
+    redis.raw(&["FLUSHALL"]);
     assert_eq!(publish(&s, &members(4), 512, None, 2).await.unwrap().epoch, 3);
     // A foreign, higher epoch in Redis: we go above it.
-    redis.cli(&["SET", "sc:ring", r#"{"epoch":40,"vnodes":512,"nodes":["chat-node-0"]}"#]);
+    redis.raw(&["SET", "sc:ring", r#"{"epoch":40,"vnodes":512,"nodes":["chat-node-0"]}"#]);
     assert_eq!(publish(&s, &members(4), 512, Some(&r2), 0).await.unwrap().epoch, 41);
 }
 

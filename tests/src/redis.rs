@@ -87,6 +87,18 @@ impl RedisServer {
         Ok(String::from_utf8_lossy(&out.stdout).to_string())
     }
 
+    /// Runs one command with `redis-cli --raw` and returns its output without
+    /// the trailing newline; panics (with the error) when redis-cli fails.
+    pub fn raw(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "--no-auth-warning", "--raw"])
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("running redis-cli {args:?}: {e}"));
+        assert!(out.status.success(), "redis-cli {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim_end_matches('\n').to_string()
+    }
+
     /// Kills the server at once (SIGKILL); everything it held is gone.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
