@@ -8,38 +8,20 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chat_operator::crd::{ChatChannel, ChatChannelSpec, DeletionPolicy, RetentionSpec};
 use chat_operator::ring::{Ring, RingSnapshot};
-use chat_operator::{Health, RunArgs};
 use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::{Client, ResourceExt};
 use serde_json::json;
 use support::fake_api::FakeApi;
 use support::redis::RedisServer;
-use support::wait_for;
+use support::{OperatorSetup, chat_node_pod, start_operator, wait_for};
 
 const NS: &str = "games";
 const PREFIX: &str = "e2e";
-
-fn pod(name: &str, ready_since_secs_ago: i64) -> Pod {
-    use k8s_openapi::jiff::Timestamp;
-    // API timestamps have whole seconds: round up, so "ready since" is never
-    // earlier than the moment the test starts measuring.
-    let ltt = Timestamp::from_second(Timestamp::now().as_second() + 1 - ready_since_secs_ago).unwrap();
-    serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "chat-node"}},
-        "spec": {"containers": [{"name": "chat-node", "image": "chat-node"}]},
-        "status": {"phase": "Running", "conditions": [
-            {"type": "Ready", "status": "True", "lastTransitionTime": ltt.to_string()}
-        ]}
-    }))
-    .unwrap()
-}
 
 fn ring_in(redis: &RedisServer) -> Option<RingSnapshot> {
     let raw = redis.raw(&["GET", &format!("{PREFIX}:ring")]);
@@ -69,32 +51,6 @@ async fn assignments(api: &Api<ChatChannel>) -> BTreeMap<String, (String, u64)> 
         .collect()
 }
 
-fn start_operator(
-    client: Client,
-    redis: &RedisServer,
-    identity: &str,
-) -> (Arc<Health>, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
-    let mut args = RunArgs::with_redis(&redis.url());
-    args.redis_prefix = PREFIX.into();
-    args.namespace = Some(NS.into());
-    args.ring_debounce = Duration::from_secs(1);
-    args.requeue = Duration::from_secs(2);
-    args.lease_duration = Duration::from_secs(4);
-    args.lease_grace = Duration::from_secs(1);
-    args.identity = Some(identity.into());
-    let health = Arc::new(Health::default());
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let h = health.clone();
-    let task = tokio::spawn(async move {
-        chat_operator::run(client, args, h, async {
-            let _ = stop_rx.await;
-        })
-        .await
-        .unwrap();
-    });
-    (health, stop_tx, task)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_assigns_rebalances_edits_and_deletes_channels() {
     let redis = RedisServer::start();
@@ -103,14 +59,23 @@ async fn operator_assigns_rebalances_edits_and_deletes_channels() {
     let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
     let channels: Api<ChatChannel> = Api::namespaced(client.clone(), NS);
     for i in 0..3 {
-        pods.create(&PostParams::default(), &pod(&format!("chat-node-{i}"), 60)).await.unwrap();
+        pods.create(&PostParams::default(), &chat_node_pod(&format!("chat-node-{i}"), 60)).await.unwrap();
     }
     // A pod of something else must not join the ring.
-    let mut other = pod("redis-0", 60);
+    let mut other = chat_node_pod("redis-0", 60);
     other.metadata.labels = Some([("app.kubernetes.io/name".to_string(), "redis".to_string())].into());
     pods.create(&PostParams::default(), &other).await.unwrap();
 
-    let (health, stop, task) = start_operator(client.clone(), &redis, "op-0");
+    let (health, stop, task) = start_operator(
+        client.clone(),
+        OperatorSetup {
+            redis_url: &redis.url(),
+            prefix: PREFIX,
+            namespace: NS,
+            identity: "op-0",
+            requeue: Duration::from_secs(2),
+        },
+    );
 
     // Declare 40 channels plus town-137 (short history, Delete policy).
     for i in 0..40 {
@@ -156,7 +121,7 @@ async fn operator_assigns_rebalances_edits_and_deletes_channels() {
     // 2. Scale 3 -> 4: after the debounce, a new epoch; only moved channels
     //    change node, and all of them move to the new node.
     let scaled_at = Instant::now();
-    pods.create(&PostParams::default(), &pod("chat-node-3", 0)).await.unwrap();
+    pods.create(&PostParams::default(), &chat_node_pod("chat-node-3", 0)).await.unwrap();
     let ring2 = wait_for("ring with 4 nodes", Duration::from_secs(20), || async {
         ring_in(&redis).filter(|r| r.nodes.len() == 4)
     })

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use chat_operator::Health;
 use chat_operator::crd::{ChatChannel, ChatChannelSpec};
 use chat_operator::ring::RingSnapshot;
-use chat_operator::{Health, RunArgs};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
@@ -18,20 +18,10 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 use support::fake_api::FakeApi;
 use support::redis::RedisServer;
-use support::wait_for;
+use support::{OperatorSetup, chat_node_pod, start_operator, wait_for};
 
 const NS: &str = "games";
 const PREFIX: &str = "ha";
-
-fn ready_pod(name: &str) -> Pod {
-    let ltt = k8s_openapi::jiff::Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(60);
-    serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "chat-node"}},
-        "status": {"conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": ltt.to_string()}]}
-    }))
-    .unwrap()
-}
 
 struct Replica {
     health: Arc<Health>,
@@ -41,24 +31,14 @@ struct Replica {
 
 impl Replica {
     fn start(client: Client, redis: &RedisServer, identity: &str) -> Replica {
-        let mut args = RunArgs::with_redis(&redis.url());
-        args.redis_prefix = PREFIX.into();
-        args.namespace = Some(NS.into());
-        args.ring_debounce = Duration::from_secs(1);
-        args.requeue = Duration::from_secs(1);
-        args.lease_duration = Duration::from_secs(4);
-        args.lease_grace = Duration::from_secs(1);
-        args.identity = Some(identity.into());
-        let health = Arc::new(Health::default());
-        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let h = health.clone();
-        let task = tokio::spawn(async move {
-            chat_operator::run(client, args, h, async {
-                let _ = stop_rx.await;
-            })
-            .await
-            .unwrap();
-        });
+        let setup = OperatorSetup {
+            redis_url: &redis.url(),
+            prefix: PREFIX,
+            namespace: NS,
+            identity,
+            requeue: Duration::from_secs(1),
+        };
+        let (health, stop, task) = start_operator(client, setup);
         Replica { health, stop: Some(stop), task }
     }
     fn leads(&self) -> bool {
@@ -91,7 +71,7 @@ async fn only_the_leader_reconciles_and_the_standby_takes_over() {
     let client = fake.client(NS);
     let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
     for i in 0..2 {
-        pods.create(&PostParams::default(), &ready_pod(&format!("chat-node-{i}"))).await.unwrap();
+        pods.create(&PostParams::default(), &chat_node_pod(&format!("chat-node-{i}"), 60)).await.unwrap();
     }
     let channels: Api<ChatChannel> = Api::namespaced(client.clone(), NS);
     channels

@@ -26,16 +26,16 @@ use std::time::{Duration, Instant};
 
 use chat_operator::crd::{ChatChannel, ChatChannelSpec, DeletionPolicy};
 use chat_operator::ring::{DEFAULT_VNODES, Ring, RingSnapshot};
-use chat_operator::{Health, RunArgs};
 use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::{Client as KubeClient, ResourceExt};
 use serde_json::{Value, json};
 use shardchat_tests::client::{Client, Http, id_of};
 use shardchat_tests::node::ChatNode;
 use shardchat_tests::redis::RedisServer;
 use support::fake_api::FakeApi;
 use support::wait_for;
+use support::{OperatorSetup, chat_node_pod, start_operator};
 
 const NS: &str = "games";
 /// Same default on both binaries; spelled out so the test reads the right keys.
@@ -66,22 +66,6 @@ fn config_in(redis: &RedisServer, channel: &str) -> Option<Value> {
     (!raw.is_empty()).then(|| serde_json::from_str(&raw).expect("config JSON"))
 }
 
-/// A chat-node Pod whose Ready condition turned True now (the API has
-/// whole seconds: round up so "ready since" is never before the process was).
-fn ready_pod(name: &str) -> Pod {
-    use k8s_openapi::jiff::Timestamp;
-    let ltt = Timestamp::from_second(Timestamp::now().as_second() + 1).unwrap();
-    serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "chat-node"}},
-        "spec": {"containers": [{"name": "chat-node", "image": "chat-node"}]},
-        "status": {"phase": "Running", "conditions": [
-            {"type": "Ready", "status": "True", "lastTransitionTime": ltt.to_string()}
-        ]}
-    }))
-    .unwrap()
-}
-
 /// Starts the chat-node process `chat-node-<i>` (blocks until /readyz is
 /// 200), then adds its Pod as Ready.
 async fn start_node(i: usize, redis: &RedisServer, pods: &Api<Pod>) -> ChatNode {
@@ -93,7 +77,7 @@ async fn start_node(i: usize, redis: &RedisServer, pods: &Api<Pod>) -> ChatNode 
             .args(FAST)
             .start()
     });
-    pods.create(&PostParams::default(), &ready_pod(&node_id(i))).await.expect("create pod");
+    pods.create(&PostParams::default(), &chat_node_pod(&node_id(i), 0)).await.expect("create pod");
     node
 }
 
@@ -174,31 +158,6 @@ async fn wait_observed(api: &Api<ChatChannel>, name: &str) {
         (ready && c.status?.observed_generation == c.metadata.generation).then_some(())
     })
     .await;
-}
-
-fn start_operator(
-    client: KubeClient,
-    redis: &RedisServer,
-) -> (Arc<Health>, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
-    let mut args = RunArgs::with_redis(&redis.url());
-    args.redis_prefix = PREFIX.into();
-    args.namespace = Some(NS.into());
-    args.ring_debounce = Duration::from_secs(1);
-    args.requeue = Duration::from_secs(5);
-    args.lease_duration = Duration::from_secs(4);
-    args.lease_grace = Duration::from_secs(1);
-    args.identity = Some("op-0".into());
-    let health = Arc::new(Health::default());
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let h = health.clone();
-    let task = tokio::spawn(async move {
-        chat_operator::run(client, args, h, async {
-            let _ = stop_rx.await;
-        })
-        .await
-        .expect("operator runs");
-    });
-    (health, stop_tx, task)
 }
 
 /// Channel names around "zone-N": `moving` change owner when chat-node-3
@@ -356,7 +315,16 @@ async fn operator_and_chat_nodes_assign_scale_edit_and_delete_channels() {
     for i in 0..3 {
         nodes.push(start_node(i, &redis, &pods).await);
     }
-    let (health, stop_operator, operator) = start_operator(kube.clone(), &redis);
+    let (health, stop_operator, operator) = start_operator(
+        kube.clone(),
+        OperatorSetup {
+            redis_url: &redis.url(),
+            prefix: PREFIX,
+            namespace: NS,
+            identity: "op-0",
+            requeue: Duration::from_secs(5),
+        },
+    );
 
     // ---- 1. Apply: town-137 (Delete policy) and six zones, three of which
     //         the ring will move to chat-node-3 and three it will not.
