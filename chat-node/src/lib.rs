@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod moderation;
 pub mod node;
 pub mod owner;
+pub mod periodic;
 pub mod redis;
 pub mod server;
 pub mod session;

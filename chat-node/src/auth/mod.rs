@@ -120,20 +120,11 @@ impl Auth {
 
     /// Re-reads key files when they change and trims the per-IP table, every `interval`.
     pub fn spawn_upkeep(self: &Arc<Self>, interval: Duration) {
-        let auth = Arc::downgrade(self);
-        let interval = interval.max(Duration::from_millis(100));
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                let Some(auth) = auth.upgrade() else { return };
-                if let Some(v) = &auth.verifier {
-                    v.reload_if_changed();
-                }
-                auth.ip_limit.sweep();
+        crate::periodic::every(self, interval, |auth| {
+            if let Some(v) = &auth.verifier {
+                v.reload_if_changed();
             }
+            auth.ip_limit.sweep();
         });
     }
 

@@ -143,17 +143,8 @@ impl Moderator {
         if self.words_file.is_none() {
             return;
         }
-        let me = Arc::downgrade(self);
-        let interval = interval.max(Duration::from_millis(100));
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                let Some(me) = me.upgrade() else { return };
-                me.reload_if_changed();
-            }
+        crate::periodic::every(self, interval, |m| {
+            m.reload_if_changed();
         });
     }
 
