@@ -169,6 +169,7 @@ impl Conn {
             Ok(ServerFrame::Presence(_)) => self.presence += 1,
             Ok(ServerFrame::Error { error }) => self.count_error(error.code.as_str()),
             Ok(ServerFrame::Closed { .. }) => self.count_error("channel_closed"),
+            Ok(ServerFrame::Gap { .. }) => self.count_error("gap"),
             Err(_) => self.protocol_violations += 1,
         }
     }
@@ -552,7 +553,7 @@ mod tests {
         let c = Conn::new(s, 0);
         let req = shardchat_common::protocol::parse_request(&c.publish_frame(7, 99)).unwrap();
         assert_eq!(req.0, Some(json!(7)));
-        let shardchat_common::protocol::Request::Publish { channel, text, meta } = req.1 else {
+        let shardchat_common::protocol::Request::Publish { channel, text, meta, .. } = req.1 else {
             panic!("not a publish");
         };
         assert_eq!(channel.as_str(), "bench-t-0");

@@ -137,7 +137,7 @@ async fn serve_conn(node: Arc<FakeNode>, tcp: tokio::net::TcpStream) {
         let mut reply = Reply::ok(id.clone().unwrap_or(Value::Null));
         match req {
             Request::Join { channel, .. } => reply.members = Some(node.join(channel.as_str(), tx.clone())),
-            Request::Publish { channel, text, meta } => {
+            Request::Publish { channel, text, meta, .. } => {
                 reply.message_id = Some(node.publish(channel.as_str(), text, meta));
             }
             _ => {}

@@ -1,27 +1,70 @@
 //! What an edge asks of a channel's owner. In the embedded mode the owner is
 //! always this node ([`LocalCluster`]); the Redis mode routes each call to
-//! the owner the ring names.
+//! the owner the ring names (`redis::router`).
+//!
+//! Calls queue their request *before* they return, and the returned future
+//! only waits for the answer: a connection can have several publishes in
+//! flight, and they are applied in the order the calls were made.
 
 use std::sync::Arc;
 
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
-use shardchat_common::{ChannelName, MessageId};
+use shardchat_common::ChannelName;
+use tokio::sync::oneshot;
 
-use crate::error::ChatResult;
-use crate::owner::{Owner, PublishRequest};
+use crate::error::{ChatError, ChatResult};
+use crate::owner::{OpOutcome, Owner, PublishRequest, Published, RequestContext, Respond};
 
 pub trait Cluster: Send + Sync + 'static {
-    /// Sequences and stores a message; returns its id.
-    fn publish(&self, req: PublishRequest) -> BoxFuture<'_, ChatResult<MessageId>>;
-    /// Registers `user` (connected to this node) as a member; returns the member count.
-    fn join<'a>(&'a self, channel: &'a ChannelName, user: &'a str) -> BoxFuture<'a, ChatResult<usize>>;
+    /// Queues a message for sequencing and storage; resolves to its id.
+    fn publish(&self, req: PublishRequest) -> BoxFuture<'static, ChatResult<Published>>;
+    /// Queues the membership of `user` (connected to this node); resolves to the member count.
+    fn join(&self, channel: &ChannelName, user: &str) -> BoxFuture<'static, ChatResult<usize>>;
     /// `user`'s last connection on this node left `channel`.
-    fn leave<'a>(&'a self, channel: &'a ChannelName, user: &'a str) -> BoxFuture<'a, ChatResult<()>>;
+    fn leave(&self, channel: &ChannelName, user: &str) -> BoxFuture<'static, ChatResult<()>>;
     /// Distinct members wherever they are connected, sorted.
     fn members<'a>(&'a self, channel: &'a ChannelName) -> BoxFuture<'a, ChatResult<Vec<String>>>;
     /// Channels with members and their member counts.
     fn member_counts(&self) -> BoxFuture<'_, ChatResult<Vec<(ChannelName, usize)>>>;
+}
+
+/// Calls `queue` with a responder and returns the future of its answer.
+pub fn answer(queue: impl FnOnce(Respond)) -> BoxFuture<'static, ChatResult<OpOutcome>> {
+    let (tx, rx) = oneshot::channel();
+    queue(Box::new(move |outcome| {
+        let _ = tx.send(outcome);
+    }));
+    async move { rx.await.unwrap_or_else(|_| Err(ChatError::unavailable("the owner stopped"))) }.boxed()
+}
+
+/// The answer of a publish.
+pub fn published(
+    outcome: BoxFuture<'static, ChatResult<OpOutcome>>,
+) -> BoxFuture<'static, ChatResult<Published>> {
+    async move {
+        match outcome.await? {
+            OpOutcome::Published(p) => Ok(p),
+            other => Err(ChatError::unavailable(format!("unexpected answer to a publish: {other:?}"))),
+        }
+    }
+    .boxed()
+}
+
+/// The answer of a join.
+pub fn joined(outcome: BoxFuture<'static, ChatResult<OpOutcome>>) -> BoxFuture<'static, ChatResult<usize>> {
+    async move {
+        match outcome.await? {
+            OpOutcome::Joined { members } => Ok(members),
+            other => Err(ChatError::unavailable(format!("unexpected answer to a join: {other:?}"))),
+        }
+    }
+    .boxed()
+}
+
+/// The answer of a leave.
+pub fn left(outcome: BoxFuture<'static, ChatResult<OpOutcome>>) -> BoxFuture<'static, ChatResult<()>> {
+    async move { outcome.await.map(|_| ()) }.boxed()
 }
 
 /// The embedded single-node cluster: this node owns every channel.
@@ -37,16 +80,16 @@ impl LocalCluster {
 }
 
 impl Cluster for LocalCluster {
-    fn publish(&self, req: PublishRequest) -> BoxFuture<'_, ChatResult<MessageId>> {
-        async move { Ok(self.owner.publish(req, None).await?.id()) }.boxed()
+    fn publish(&self, req: PublishRequest) -> BoxFuture<'static, ChatResult<Published>> {
+        published(answer(|respond| self.owner.publish(req, RequestContext::default(), respond)))
     }
 
-    fn join<'a>(&'a self, channel: &'a ChannelName, user: &'a str) -> BoxFuture<'a, ChatResult<usize>> {
-        self.owner.join(channel, user, &self.node_id).boxed()
+    fn join(&self, channel: &ChannelName, user: &str) -> BoxFuture<'static, ChatResult<usize>> {
+        joined(answer(|respond| self.owner.join(channel, user, &self.node_id, respond)))
     }
 
-    fn leave<'a>(&'a self, channel: &'a ChannelName, user: &'a str) -> BoxFuture<'a, ChatResult<()>> {
-        self.owner.leave(channel, user, &self.node_id).boxed()
+    fn leave(&self, channel: &ChannelName, user: &str) -> BoxFuture<'static, ChatResult<()>> {
+        left(answer(|respond| self.owner.leave(channel, user, &self.node_id, respond)))
     }
 
     fn members<'a>(&'a self, channel: &'a ChannelName) -> BoxFuture<'a, ChatResult<Vec<String>>> {

@@ -52,6 +52,18 @@ pub struct Config {
     #[arg(long, env = "CHAT_INBOX_MAXLEN", default_value_t = 100_000)]
     pub inbox_maxlen: u64,
 
+    /// How long a publish's `nonce` is remembered: a publish repeating a
+    /// (channel, sender, nonce) within it stores nothing and gets the first
+    /// one's id. Each remembered nonce costs about 100 bytes in Redis.
+    #[arg(long, env = "CHAT_DEDUP_WINDOW", value_parser = parse_duration, default_value = "5m")]
+    pub dedup_window: Duration,
+
+    /// Channels nobody declared that may be active at once (with members, or
+    /// with history younger than their retention age); a join that would
+    /// create one more gets `forbidden`. Cluster-wide in cluster mode.
+    #[arg(long, env = "CHAT_MAX_DYNAMIC_CHANNELS", default_value_t = 10_000)]
+    pub max_dynamic_channels: u64,
+
     /// Declared channels (YAML or JSON list of channel configs) for running without the operator.
     #[arg(long, env = "CHAT_CHANNELS")]
     pub channels: Option<PathBuf>,
@@ -186,6 +198,11 @@ pub struct Config {
     /// Close a connection (1008) after this many rate-limited requests within 10 seconds.
     #[arg(long, env = "CHAT_FLOOD_CLOSE_AFTER", default_value_t = 50)]
     pub flood_close_after: u32,
+
+    /// Publishes of one connection that may wait for their owner at once
+    /// (pipelining); while that many are in flight the connection is not read.
+    #[arg(long, env = "CHAT_MAX_INFLIGHT_PUBLISHES", default_value_t = 128)]
+    pub max_inflight_publishes: usize,
 
     /// Channels one connection may be joined to at once.
     #[arg(long, env = "CHAT_MAX_CHANNELS_PER_CONNECTION", default_value_t = 64)]

@@ -13,11 +13,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
 use axum::extract::ws::Utf8Bytes;
-use shardchat_common::protocol::{Presence, PresenceEvent, ServerFrame};
+use shardchat_common::protocol::ServerFrame;
 use shardchat_common::{ChannelName, MessageId};
 
 use crate::clock::now_micros;
-use crate::history::StoredMessage;
+use crate::frames::{MessagePush, PresencePush, encode};
 use crate::keyed_lock::{KeyedGuard, KeyedLocks};
 use crate::metrics::Metrics;
 use crate::session::outbound::{Outbound, SessionHandle};
@@ -25,22 +25,8 @@ use crate::session::outbound::{Outbound, SessionHandle};
 /// A sequenced event of one channel, as it reaches the edge.
 #[derive(Debug, Clone)]
 pub enum Event {
-    Message(Arc<StoredMessage>),
-    Presence(Arc<PresenceFrame>),
-}
-
-#[derive(Debug)]
-pub struct PresenceFrame {
-    pub presence: Presence,
-    pub push: Utf8Bytes,
-}
-
-impl PresenceFrame {
-    pub fn new(channel: ChannelName, event: PresenceEvent, user: &str) -> Arc<Self> {
-        let presence = Presence { channel, event, user: user.to_string() };
-        let push = serde_json::to_string(&ServerFrame::Presence(presence.clone())).unwrap_or_default();
-        Arc::new(Self { presence, push: Utf8Bytes::from(push) })
-    }
+    Message(Arc<MessagePush>),
+    Presence(Arc<PresencePush>),
 }
 
 enum SubState {
@@ -141,7 +127,7 @@ impl Hub {
         session_id: u64,
         reply: Option<Utf8Bytes>,
         since: Option<MessageId>,
-        backlog: Vec<Arc<StoredMessage>>,
+        backlog: Vec<Arc<MessagePush>>,
     ) {
         let Some(ch) = self.channel(channel) else { return };
         let mut ch = ch.lock().unwrap_or_else(|p| p.into_inner());
@@ -158,7 +144,7 @@ impl Hub {
         sub: &mut Subscriber,
         reply: Option<Utf8Bytes>,
         last: Option<MessageId>,
-        backlog: &[Arc<StoredMessage>],
+        backlog: &[Arc<MessagePush>],
     ) {
         let buffered = match &mut sub.state {
             SubState::Recovering { buffered, .. } => std::mem::take(buffered),
@@ -195,15 +181,33 @@ impl Hub {
     }
 
     /// Ends a resynchronisation: each paused subscriber gets the messages of
-    /// `backlog` and of its buffer that it has not seen, in id order.
-    pub fn resume(&self, channel: &ChannelName, backlog: &[Arc<StoredMessage>]) {
+    /// `backlog` and of its buffer that it has not seen, in id order — and,
+    /// first, a `gap` push when `gap` says the backlog cannot be trusted to
+    /// be complete.
+    pub fn resume(&self, channel: &ChannelName, backlog: &[Arc<MessagePush>], gap: Option<&str>) {
         let Some(ch) = self.channel(channel) else { return };
+        let gap = gap.map(|reason| gap_frame(channel, reason));
         let mut ch = ch.lock().unwrap_or_else(|p| p.into_inner());
         for sub in ch.subscribers.values_mut() {
             if let SubState::Recovering { last, resync: true, .. } = sub.state {
-                self.go_live(sub, None, last, backlog);
+                self.go_live(sub, gap.clone(), last, backlog);
             }
         }
+        if gap.is_some() {
+            self.metrics.gaps.inc();
+        }
+    }
+
+    /// Tells every local subscriber of `channel` that it may have missed
+    /// messages (`gap` push); delivery continues.
+    pub fn gap(&self, channel: &ChannelName, reason: &str) {
+        let Some(ch) = self.channel(channel) else { return };
+        let frame = gap_frame(channel, reason);
+        let ch = ch.lock().unwrap_or_else(|p| p.into_inner());
+        for sub in ch.subscribers.values() {
+            sub.handle.send(Outbound::Frame(frame.clone()));
+        }
+        self.metrics.gaps.inc();
     }
 
     /// Removes the subscriber; tells whether it was the user's last local connection.
@@ -241,27 +245,50 @@ impl Hub {
 
     /// Delivers one sequenced event to every local subscriber of `channel`.
     pub fn deliver(&self, channel: &ChannelName, event: Event) {
+        self.deliver_batch(channel, std::slice::from_ref(&event));
+    }
+
+    /// Delivers sequenced events of `channel` (in id order) to every local
+    /// subscriber, as one queue item per subscriber: a burst costs each
+    /// connection one wake-up and one write, not one per event.
+    pub fn deliver_batch(&self, channel: &ChannelName, events: &[Event]) {
         let Some(ch) = self.channel(channel) else { return };
-        if let Event::Message(m) = &event {
-            let micros = now_micros().saturating_sub(m.accepted_at_micros);
-            self.metrics.publish_to_deliver.observe(micros as f64 / 1e6);
+        let now = now_micros();
+        for event in events {
+            if let Event::Message(m) = event
+                && m.accepted_at_micros > 0
+            {
+                let micros = now.saturating_sub(m.accepted_at_micros);
+                self.metrics.publish_to_deliver.observe(micros as f64 / 1e6);
+            }
         }
         let mut ch = ch.lock().unwrap_or_else(|p| p.into_inner());
         let mut delivered = 0;
         for sub in ch.subscribers.values_mut() {
             match &mut sub.state {
                 SubState::Recovering { buffered, .. } => {
-                    if buffered.len() >= self.max_buffered {
+                    if buffered.len() + events.len() > self.max_buffered {
                         sub.handle.close(crate::session::outbound::CloseReason::SLOW_CONSUMER);
                     } else {
-                        buffered.push(event.clone());
+                        buffered.extend(events.iter().cloned());
                     }
                 }
                 SubState::Live { last } => {
-                    if let Some(frame) = admit(last, &event)
-                        && sub.handle.send(Outbound::Frame(frame))
-                    {
-                        delivered += matches!(event, Event::Message(_)) as u64;
+                    let mut frames = Vec::new();
+                    let mut messages = 0;
+                    for event in events {
+                        if let Some(frame) = admit(last, event) {
+                            messages += matches!(event, Event::Message(_)) as u64;
+                            frames.push(frame);
+                        }
+                    }
+                    let item = match frames.len() {
+                        0 => continue,
+                        1 => Outbound::Frame(frames.swap_remove(0)),
+                        _ => Outbound::Batch(frames),
+                    };
+                    if sub.handle.send(item) {
+                        delivered += messages;
                     }
                 }
             }
@@ -276,10 +303,7 @@ impl Hub {
             return;
         };
         let ch = ch.lock().unwrap_or_else(|p| p.into_inner());
-        let push = crate::session::encode(&ServerFrame::Closed {
-            channel: channel.clone(),
-            reason: reason.to_string(),
-        });
+        let push = encode(&ServerFrame::Closed { channel: channel.clone(), reason: reason.to_string() });
         for sub in ch.subscribers.values() {
             sub.handle.send(Outbound::Frame(push.clone()));
         }
@@ -313,12 +337,16 @@ impl Hub {
 fn admit(last: &mut Option<MessageId>, event: &Event) -> Option<Utf8Bytes> {
     match event {
         Event::Message(m) => {
-            if last.is_some_and(|l| m.id() <= l) {
+            if last.is_some_and(|l| m.id <= l) {
                 return None;
             }
-            *last = Some(m.id());
-            Some(m.push.clone())
+            *last = Some(m.id);
+            Some(m.frame.clone())
         }
-        Event::Presence(p) => Some(p.push.clone()),
+        Event::Presence(p) => Some(p.frame.clone()),
     }
+}
+
+fn gap_frame(channel: &ChannelName, reason: &str) -> Utf8Bytes {
+    encode(&ServerFrame::Gap { channel: channel.clone(), reason: reason.to_string() })
 }

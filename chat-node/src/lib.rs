@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod config;
 pub mod directory;
 pub mod error;
+pub mod frames;
 pub mod history;
 pub mod http;
 pub mod hub;

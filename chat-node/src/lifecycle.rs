@@ -1,7 +1,9 @@
 //! Node lifecycle: readiness, draining on SIGTERM, and counting live
 //! sessions so shutdown can wait for them within the grace period.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
@@ -10,7 +12,8 @@ pub struct Lifecycle {
     draining: watch::Sender<bool>,
     sessions: AtomicUsize,
     sessions_changed: Notify,
-    ready: AtomicBool,
+    /// What keeps the node from being ready, by check (`redis`, `inbox`, …).
+    problems: Mutex<BTreeMap<&'static str, String>>,
 }
 
 impl Default for Lifecycle {
@@ -19,7 +22,7 @@ impl Default for Lifecycle {
             draining: watch::channel(false).0,
             sessions: AtomicUsize::new(0),
             sessions_changed: Notify::new(),
-            ready: AtomicBool::new(true),
+            problems: Mutex::new(BTreeMap::new()),
         }
     }
 }
@@ -58,13 +61,25 @@ impl Lifecycle {
         self.draining.subscribe()
     }
 
-    /// Whether this node's dependencies are usable (e.g. Redis reachable).
-    pub fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, Ordering::SeqCst);
+    /// Records (`Some`) or clears (`None`) what keeps `check` from being
+    /// healthy; the node is ready while no check has a problem. Returns
+    /// whether the check's state changed.
+    pub fn set_problem(&self, check: &'static str, problem: Option<String>) -> bool {
+        let mut problems = self.problems.lock().unwrap_or_else(|p| p.into_inner());
+        match problem {
+            Some(p) => problems.insert(check, p).is_none(),
+            None => problems.remove(check).is_some(),
+        }
+    }
+
+    /// Every current problem, by check.
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let problems = self.problems.lock().unwrap_or_else(|p| p.into_inner());
+        problems.iter().map(|(k, v)| (*k, v.clone())).collect()
     }
 
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst) && !self.is_draining()
+        !self.is_draining() && self.problems.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
     }
 
     /// Waits until no session is left or `grace` has passed; returns how many remain.

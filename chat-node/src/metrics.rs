@@ -2,7 +2,8 @@
 
 use prometheus::core::Collector;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 use shardchat_common::protocol::ErrorCode;
 
@@ -18,6 +19,13 @@ pub struct Metrics {
     pub slow_consumer_disconnects: IntCounter,
     pub publish_to_deliver: Histogram,
     pub channels_owned: IntGauge,
+    pub gaps: IntCounter,
+    pub readiness_problems: IntGaugeVec,
+    pub inbox_entries: IntCounter,
+    pub inbox_overflows: IntCounter,
+    pub owner_queued: IntGauge,
+    pub owner_overloaded: IntCounter,
+    pub owner_batch_ops: Histogram,
 }
 
 /// Registers `metric` (built from constant, valid options) on `registry`.
@@ -99,7 +107,65 @@ impl Metrics {
                     "Channels with members that this node owns (embedded: updated at scrape; cluster: every --node-ttl/2)",
                 ),
             ),
+            gaps: registered(
+                &registry,
+                IntCounter::new(
+                    "shardchat_gaps_total",
+                    "Times this node told its members of a channel that they may have missed messages (gap push, or a resync that could not prove completeness)",
+                ),
+            ),
+            readiness_problems: registered(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "shardchat_readiness_problem",
+                        "1 while the named check keeps the node from being ready (redis, inbox); /readyz says why",
+                    ),
+                    &["check"],
+                ),
+            ),
+            inbox_entries: registered(
+                &registry,
+                IntCounter::new(
+                    "shardchat_inbox_entries_total",
+                    "Entries read from this node's inbox stream",
+                ),
+            ),
+            inbox_overflows: registered(
+                &registry,
+                IntCounter::new(
+                    "shardchat_inbox_overflows_total",
+                    "Times this node's inbox reached --inbox-maxlen unread entries (entries may have been dropped; members got a gap push)",
+                ),
+            ),
+            owner_queued: registered(
+                &registry,
+                IntGauge::new(
+                    "shardchat_owner_queued_operations",
+                    "Channel operations (publish, join, leave) waiting in this node's owner queues",
+                ),
+            ),
+            owner_overloaded: registered(
+                &registry,
+                IntCounter::new(
+                    "shardchat_owner_overloaded_total",
+                    "Operations refused with `unavailable` because an owner queue was full",
+                ),
+            ),
+            owner_batch_ops: registered(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "shardchat_owner_batch_operations",
+                        "Channel operations applied per storage call (one Lua script call in cluster mode)",
+                    )
+                    .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0]),
+                ),
+            ),
         };
+        for check in ["redis", "inbox"] {
+            m.readiness_problems.with_label_values(&[check]);
+        }
         // Export every error code from the start so dashboards see zeros.
         for code in ErrorCode::ALL {
             m.errors.with_label_values(&[code.as_str()]);

@@ -12,14 +12,18 @@ use crate::history::HistoryStore;
 use crate::history::memory::MemoryHistory;
 use crate::hub::Hub;
 use crate::lifecycle::Lifecycle;
-use crate::local_backend::LocalBackend;
+use crate::local_backend::{LocalBackend, LocalLimits};
 use crate::metrics::Metrics;
 use crate::moderation::Moderator;
 use crate::owner::Owner;
+use crate::owner::sequencer::{Limits as SequencerLimits, Sequencer};
 use crate::redis::backend::RedisBackend;
-use crate::redis::cluster::RedisCluster;
 use crate::redis::history::RedisHistory;
+use crate::redis::inbox::{InboxHealth, InboxTargets};
+use crate::redis::outbox::Outbox;
+use crate::redis::owner_server::OwnerServer;
 use crate::redis::ring_view::RingView;
+use crate::redis::router::Router;
 use crate::redis::upkeep::Upkeep;
 use crate::redis::{RedisCtx, RedisSettings};
 use shardchat_common::Ring;
@@ -73,11 +77,18 @@ impl Node {
         let moderator =
             Arc::new(Moderator::from_config(&config, metrics.registry()).map_err(StartError::Moderation)?);
         moderator.spawn_upkeep(config.reload_interval);
+        let limits = SequencerLimits::default();
         let (cluster, history): (Arc<dyn Cluster>, Arc<dyn HistoryStore>) = match &config.redis_url {
             None => {
                 let memory = Arc::new(MemoryHistory::new());
-                let backend = Arc::new(LocalBackend::new(memory.clone(), hub.clone()));
-                let owner = Arc::new(Owner::new(backend, directory.clone(), moderator, metrics.clone()));
+                let local_limits = LocalLimits {
+                    dedup_window: config.dedup_window,
+                    max_dynamic_channels: usize::try_from(config.max_dynamic_channels).unwrap_or(usize::MAX),
+                };
+                let backend = Arc::new(LocalBackend::new(memory.clone(), hub.clone(), local_limits));
+                let sequencer = Sequencer::new(backend, limits, metrics.clone());
+                tokio::spawn(sequencer.clone().run());
+                let owner = Arc::new(Owner::new(sequencer, directory.clone(), moderator));
                 let sweeper = memory.clone();
                 tokio::spawn(async move {
                     let mut tick = tokio::time::interval(Duration::from_secs(30));
@@ -97,9 +108,11 @@ impl Node {
                     command_timeout: config.redis_timeout,
                     request_timeout: config.request_timeout,
                     inbox_maxlen: config.inbox_maxlen,
+                    dedup_window: config.dedup_window,
+                    max_dynamic_channels: config.max_dynamic_channels,
                 };
                 let redis = RedisCtx::connect(settings).await?;
-                lifecycle.set_ready(false);
+                lifecycle.set_problem("redis", Some("not connected to Redis yet".into()));
                 let static_ring = !config.peers.is_empty();
                 let initial = if static_ring {
                     Ring::new(1, config.vnodes, config.peers.iter().map(|p| p.trim()))?
@@ -109,33 +122,45 @@ impl Node {
                 let ring = Arc::new(RingView::new(initial, node_id.clone()));
                 let edge_id: Arc<str> = Arc::from(format!("{node_id}#{}", incarnation()));
                 let backend = Arc::new(RedisBackend::new(redis.clone()));
-                let owner =
-                    Arc::new(Owner::new(backend.clone(), directory.clone(), moderator, metrics.clone()));
-                let cluster = Arc::new(RedisCluster::new(
+                let sequencer = Sequencer::new(backend.clone(), limits, metrics.clone());
+                tokio::spawn(sequencer.clone().run());
+                let owner = Arc::new(Owner::new(sequencer, directory.clone(), moderator));
+                let outbox = Outbox::new(redis.clone());
+                let router = Router::new(
                     redis.clone(),
                     owner.clone(),
-                    backend,
+                    backend.clone(),
                     ring.clone(),
+                    outbox.clone(),
                     node_id.clone(),
                     edge_id,
-                ));
+                );
+                tokio::spawn(router.clone().give_up_late_calls());
                 if !static_ring {
                     let (ring2, owner2, redis2) = (ring.clone(), owner.clone(), redis.clone());
                     tokio::spawn(ring.clone().follow(redis2, move || {
                         owner2.retain_channels(|c| ring2.is_mine(c.as_str()));
                     }));
                 }
+                let inbox_health = Arc::new(InboxHealth::default());
+                let targets = InboxTargets {
+                    hub: hub.clone(),
+                    router: router.clone(),
+                    owner_server: Arc::new(OwnerServer::new(owner.clone(), ring.clone(), outbox)),
+                    backend,
+                    metrics: metrics.clone(),
+                };
                 tokio::spawn(crate::redis::inbox::consume(
                     redis.clone(),
                     node_id.clone(),
-                    hub.clone(),
-                    cluster.clone(),
+                    targets,
+                    inbox_health.clone(),
                 ));
                 let history: Arc<dyn HistoryStore> =
                     Arc::new(RedisHistory::new(redis.clone(), directory.clone()));
                 Arc::new(Upkeep {
                     redis: redis.clone(),
-                    cluster: cluster.clone(),
+                    router: router.clone(),
                     ring,
                     hub: hub.clone(),
                     history: history.clone(),
@@ -143,11 +168,12 @@ impl Node {
                     node_id: node_id.clone(),
                     lifecycle: lifecycle.clone(),
                     metrics: metrics.clone(),
+                    inbox_health,
                     file_channels,
                     node_ttl: config.node_ttl.max(Duration::from_millis(500)),
                 })
                 .spawn();
-                (cluster, history)
+                (router, history)
             }
         };
         Ok(Arc::new(Node {

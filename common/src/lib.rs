@@ -2,7 +2,8 @@
 //!
 //! This crate holds only what must agree byte-for-byte between processes:
 //! channel-name rules, message ids, the client wire protocol, channel
-//! configuration and the hash ring. It has no async runtime and no
+//! configuration, the hash ring and the Redis key layout with the inbox entry
+//! format. It has no async runtime and no
 //! Kubernetes dependency, so `chat-node` and `chat-bench` do not pull in
 //! the operator's dependency tree and vice versa.
 
@@ -10,6 +11,7 @@ pub mod channel;
 pub mod config;
 pub mod message_id;
 pub mod protocol;
+pub mod redis_layout;
 
 pub use channel::{ChannelName, InvalidChannelName};
 pub use config::{Access, ChannelConfig, ModerationMode, RateLimit, Retention};

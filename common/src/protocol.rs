@@ -38,10 +38,13 @@ pub enum ErrorCode {
     ChannelFull,
     Filtered,
     Unavailable,
+    /// The outcome is unknown (the node could not find out in time whether
+    /// the message was stored): retry with the same `nonce`.
+    Timeout,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 10] = [
+    pub const ALL: [ErrorCode; 11] = [
         ErrorCode::BadRequest,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
@@ -52,6 +55,7 @@ impl ErrorCode {
         ErrorCode::ChannelFull,
         ErrorCode::Filtered,
         ErrorCode::Unavailable,
+        ErrorCode::Timeout,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -66,6 +70,7 @@ impl ErrorCode {
             ErrorCode::ChannelFull => "channel_full",
             ErrorCode::Filtered => "filtered",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Timeout => "timeout",
         }
     }
 }
@@ -94,7 +99,7 @@ impl std::fmt::Display for ErrorBody {
 pub enum Request {
     Join { channel: ChannelName, since: Option<MessageId> },
     Leave { channel: ChannelName },
-    Publish { channel: ChannelName, text: String, meta: Option<Map<String, Value>> },
+    Publish { channel: ChannelName, text: String, meta: Option<Map<String, Value>>, nonce: Option<Nonce> },
     History { channel: ChannelName, limit: Option<u32>, before: Option<MessageId> },
     Ping,
 }
@@ -171,7 +176,12 @@ fn parse_op(obj: &mut Map<String, Value>) -> Result<Request, String> {
                 Some(Value::Object(m)) => Some(m),
                 Some(_) => return Err("`meta` must be a JSON object".into()),
             };
-            Ok(Request::Publish { channel, text, meta })
+            let nonce = match obj.get("nonce") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(n)) => Some(Nonce::new(n).map_err(|e| e.to_string())?),
+                Some(_) => return Err("`nonce` must be a string".into()),
+            };
+            Ok(Request::Publish { channel, text, meta, nonce })
         }
         "history" => {
             let limit = match obj.get("limit") {
@@ -204,6 +214,33 @@ fn opt_id(obj: &Map<String, Value>, field: &str) -> Result<Option<MessageId>, St
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => s.parse().map(Some).map_err(|e| format!("`{field}`: {e}")),
         Some(_) => Err(format!("`{field}` must be a message id string")),
+    }
+}
+
+/// A publish's idempotency key: 1–64 characters of `A–Z a–z 0–9 - _ . :`,
+/// chosen by the client. A publish repeating a (channel, sender, nonce) of
+/// one stored within the dedup window stores nothing and is answered with
+/// the first one's id and `"duplicate": true`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Nonce(String);
+
+/// Longest nonce accepted.
+pub const MAX_NONCE_LEN: usize = 64;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`nonce` must be 1-{MAX_NONCE_LEN} characters of A-Z a-z 0-9 - _ . :")]
+pub struct InvalidNonce;
+
+impl Nonce {
+    pub fn new(s: &str) -> Result<Nonce, InvalidNonce> {
+        let ok = !s.is_empty()
+            && s.len() <= MAX_NONCE_LEN
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+        if ok { Ok(Nonce(s.to_string())) } else { Err(InvalidNonce) }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
 }
 
@@ -245,6 +282,10 @@ pub struct Reply {
     /// publish: the id the owner assigned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message_id: Option<MessageId>,
+    /// publish with a `nonce` seen before: nothing new was stored;
+    /// `message_id` is the first publish's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duplicate: Option<bool>,
     /// join with `since`: whether every message after `since` was still retained.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recovered: Option<bool>,
@@ -283,6 +324,14 @@ pub enum ServerFrame {
     /// The channel was closed (e.g. deleted by its operator): the
     /// connection is no longer a member and gets nothing more from it.
     Closed {
+        channel: ChannelName,
+        reason: String,
+    },
+    /// The node cannot prove that this connection received every message
+    /// of the channel since the last one it got (e.g. Redis lost data): the
+    /// connection stays a member, live messages continue, and the client
+    /// should reload history (or re-join with `since`).
+    Gap {
         channel: ChannelName,
         reason: String,
     },
@@ -331,7 +380,14 @@ mod tests {
         assert!(matches!(parse(json!({"op":"leave","channel":"a"})).unwrap().1, Request::Leave { .. }));
         let (_, r) =
             parse(json!({"op":"publish","id":"x","channel":"a","text":"hi","meta":{"k":1}})).unwrap();
-        assert!(matches!(r, Request::Publish { meta: Some(_), .. }));
+        assert!(matches!(r, Request::Publish { meta: Some(_), nonce: None, .. }));
+        let (_, r) = parse(json!({"op":"publish","channel":"a","text":"hi","nonce":"m-17:a"})).unwrap();
+        assert!(matches!(r, Request::Publish { nonce: Some(n), .. } if n.as_str() == "m-17:a"));
+        for bad in [json!(""), json!("a b"), json!("x".repeat(65)), json!(5), json!("a|b")] {
+            let e = parse(json!({"op":"publish","id":1,"channel":"a","text":"hi","nonce":bad})).unwrap_err();
+            assert_eq!(e.error.code, ErrorCode::BadRequest);
+            assert_eq!(e.id, Some(json!(1)));
+        }
         let (_, r) = parse(json!({"op":"history","channel":"a","limit":5,"before":"9-0"})).unwrap();
         assert_eq!(
             r,

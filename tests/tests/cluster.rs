@@ -333,7 +333,10 @@ async fn redis_outage_gives_unavailable_then_everything_resumes() {
     for ch in [&c0, &c1] {
         let started = std::time::Instant::now();
         let code = a.error_code(json!({"op":"publish","channel":ch,"text":"lost?"})).await;
-        assert_eq!(code, "unavailable");
+        // `unavailable` when the node knew Redis was gone before sending (not
+        // stored); `timeout` when the command may have reached Redis before it
+        // died and Redis cannot be asked (outcome unknown: retry with a nonce).
+        assert!(code == "unavailable" || code == "timeout", "publish during the outage got {code}");
         assert!(started.elapsed() < Duration::from_secs(5), "the error comes within the timeouts");
     }
     assert_eq!(a.error_code(json!({"op":"history","channel":c0})).await, "unavailable");

@@ -7,7 +7,9 @@ use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use shardchat_common::{ChannelName, MessageId, Retention};
 
-use super::{Draft, HistoryStore, Recovery, StoredMessage};
+use shardchat_common::protocol::ChatMessage;
+
+use super::{Draft, HistoryStore, MAX_RECOVERY, Recovery, StoredMessage};
 use crate::clock::now_ms;
 use crate::error::ChatResult;
 
@@ -106,10 +108,14 @@ impl HistoryStore for MemoryHistory {
         let recovery = self.with_log(channel, |log| match log {
             // Nothing was ever stored here: only the empty position is known.
             None => Recovery { messages: Vec::new(), complete: since == MessageId::ZERO },
-            Some(log) => Recovery {
-                messages: log.entries.range(log.first_after(since)..).cloned().collect(),
-                complete: since >= log.trimmed_through && since <= log.last_id,
-            },
+            Some(log) => {
+                let first = log.first_after(since);
+                let start = first.max(log.entries.len().saturating_sub(MAX_RECOVERY));
+                Recovery {
+                    messages: log.entries.range(start..).map(|m| m.push.clone()).collect(),
+                    complete: since >= log.trimmed_through && since <= log.last_id && start == first,
+                }
+            }
         });
         futures_util::future::ready(Ok(recovery)).boxed()
     }
@@ -119,7 +125,7 @@ impl HistoryStore for MemoryHistory {
         channel: &'a ChannelName,
         limit: usize,
         before: Option<MessageId>,
-    ) -> BoxFuture<'a, ChatResult<Vec<Arc<StoredMessage>>>> {
+    ) -> BoxFuture<'a, ChatResult<Vec<ChatMessage>>> {
         let messages = self.with_log(channel, |log| {
             let Some(log) = log else { return Vec::new() };
             let end = match before {
@@ -127,7 +133,7 @@ impl HistoryStore for MemoryHistory {
                 None => log.entries.len(),
             };
             let start = end.saturating_sub(limit);
-            log.entries.range(start..end).cloned().collect()
+            log.entries.range(start..end).map(|m| m.message.clone()).collect()
         });
         futures_util::future::ready(Ok(messages)).boxed()
     }
@@ -157,8 +163,17 @@ mod tests {
         Retention { max_messages, max_age_seconds: 3600 }
     }
 
-    fn texts(v: &[Arc<StoredMessage>]) -> Vec<String> {
-        v.iter().map(|m| m.message.text.clone()).collect()
+    fn texts(v: &[ChatMessage]) -> Vec<String> {
+        v.iter().map(|m| m.text.clone()).collect()
+    }
+
+    fn push_texts(v: &[Arc<crate::frames::MessagePush>]) -> Vec<String> {
+        v.iter()
+            .map(|p| {
+                let frame: serde_json::Value = serde_json::from_str(p.frame.as_str()).unwrap();
+                frame["text"].as_str().unwrap().to_string()
+            })
+            .collect()
     }
 
     async fn fill(h: &MemoryHistory, n: usize, keep: u32) -> Vec<MessageId> {
@@ -186,16 +201,31 @@ mod tests {
         // since the last dropped message: nothing missing
         let r = h.after(&c, ids[4]).await.unwrap();
         assert!(r.complete);
-        assert_eq!(texts(&r.messages), ["5", "6", "7", "8", "9"]);
+        assert_eq!(push_texts(&r.messages), ["5", "6", "7", "8", "9"]);
         // since an earlier one: message 4 is gone, so incomplete
         let r = h.after(&c, ids[3]).await.unwrap();
         assert!(!r.complete);
         // in the middle
         let r = h.after(&c, ids[7]).await.unwrap();
         assert!(r.complete);
-        assert_eq!(texts(&r.messages), ["8", "9"]);
+        assert_eq!(push_texts(&r.messages), ["8", "9"]);
         // an id from the future is not known here
         assert!(!h.after(&c, ids[9].successor()).await.unwrap().complete);
+    }
+
+    #[tokio::test]
+    async fn recovery_past_the_cap_is_incomplete_and_keeps_the_newest() {
+        let h = MemoryHistory::new();
+        let ids = fill(&h, MAX_RECOVERY + 5, (MAX_RECOVERY + 100) as u32).await;
+        let c = ChannelName::new("c").unwrap();
+        let r = h.after(&c, MessageId::ZERO).await.unwrap();
+        assert!(!r.complete, "more than the cap after since: the replay has a gap");
+        assert_eq!(r.messages.len(), MAX_RECOVERY);
+        assert_eq!(r.messages.last().unwrap().id, *ids.last().unwrap());
+        assert_eq!(r.messages[0].id, ids[5]);
+        let r = h.after(&c, ids[4]).await.unwrap();
+        assert!(r.complete, "exactly the cap is complete");
+        assert_eq!(r.messages.len(), MAX_RECOVERY);
     }
 
     #[tokio::test]

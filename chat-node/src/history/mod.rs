@@ -9,13 +9,13 @@ pub mod memory;
 
 use std::sync::Arc;
 
-use axum::extract::ws::Utf8Bytes;
 use futures_util::future::BoxFuture;
 use serde_json::{Map, Value};
-use shardchat_common::protocol::{ChatMessage, ServerFrame};
+use shardchat_common::protocol::ChatMessage;
 use shardchat_common::{ChannelName, MessageId};
 
 use crate::error::ChatResult;
+pub use crate::frames::MessagePush;
 
 /// A message the owner has accepted and wants stored: everything but its id.
 #[derive(Debug, Clone)]
@@ -28,20 +28,17 @@ pub struct Draft {
     pub accepted_at_micros: u64,
 }
 
-/// A stored message with its push frame serialized once for every recipient.
+/// A stored message with its push frame encoded once for every recipient.
 #[derive(Debug)]
 pub struct StoredMessage {
     pub message: ChatMessage,
-    pub push: Utf8Bytes,
-    pub accepted_at_micros: u64,
+    pub push: Arc<MessagePush>,
 }
 
 impl StoredMessage {
     pub fn new(message: ChatMessage, accepted_at_micros: u64) -> Arc<Self> {
-        let frame = ServerFrame::Message(message);
-        let push = serde_json::to_string(&frame).unwrap_or_default();
-        let ServerFrame::Message(message) = frame else { unreachable!("constructed as a message above") };
-        Arc::new(Self { message, push: Utf8Bytes::from(push), accepted_at_micros })
+        let push = MessagePush::of(&message, accepted_at_micros);
+        Arc::new(Self { message, push })
     }
 
     pub fn id(&self) -> MessageId {
@@ -67,11 +64,16 @@ impl StoredMessage {
 #[derive(Debug, Default)]
 pub struct Recovery {
     /// Retained messages with an id greater than `since`, oldest first.
-    pub messages: Vec<Arc<StoredMessage>>,
-    /// False when retention may already have dropped messages after `since`
-    /// (or `since` is unknown to this history), so the list may have a gap.
+    pub messages: Vec<Arc<MessagePush>>,
+    /// False when the list may have a gap: retention may already have
+    /// dropped messages after `since`, `since` is unknown to this history,
+    /// or there were more than [`MAX_RECOVERY`] to hand over.
     pub complete: bool,
 }
+
+/// Most messages a `join` with `since` replays; past it the join reports
+/// `recovered: false` and replays the newest ones.
+pub const MAX_RECOVERY: usize = 10_000;
 
 /// Reading history back. Writing is the owner backend's job, because it
 /// must be atomic with fan-out.
@@ -86,7 +88,7 @@ pub trait HistoryStore: Send + Sync + 'static {
         channel: &'a ChannelName,
         limit: usize,
         before: Option<MessageId>,
-    ) -> BoxFuture<'a, ChatResult<Vec<Arc<StoredMessage>>>>;
+    ) -> BoxFuture<'a, ChatResult<Vec<ChatMessage>>>;
 
     /// Number of retained messages per channel, for `GET /v1/channels`.
     fn stats(&self) -> BoxFuture<'_, ChatResult<Vec<(ChannelName, usize)>>>;

@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use shardchat_common::protocol::ChatMessage;
+use shardchat_common::protocol::{ChatMessage, Nonce};
 use shardchat_common::{ChannelName, MessageId};
 
 use crate::error::{ChatError, ChatResult};
@@ -65,7 +65,7 @@ pub async fn history(
         Some(s) => Some(s.parse::<MessageId>().map_err(|e| ChatError::bad_request(e.to_string()))?),
     };
     let messages = node.history.latest(&channel, clamp_limit(limit), before).await?;
-    Ok(Json(MessagesBody { messages: messages.iter().map(|m| m.message.clone()).collect() }))
+    Ok(Json(MessagesBody { messages }))
 }
 
 #[derive(Serialize)]
@@ -132,11 +132,17 @@ pub struct PublishBody {
     /// Sender shown to clients; defaults to "server".
     #[serde(default)]
     from: Option<String>,
+    /// Idempotency key (as on the WebSocket): a retry with the same one
+    /// stores nothing and answers with the first message's id.
+    #[serde(default)]
+    nonce: Option<String>,
 }
 
 #[derive(Serialize)]
 pub struct PublishedBody {
     message_id: MessageId,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    duplicate: bool,
 }
 
 #[tracing::instrument(skip(node, headers, body))]
@@ -154,9 +160,17 @@ pub async fn publish(
     check_content(&body.text, body.meta.as_ref())?;
     let from = body.from.unwrap_or_else(|| SERVER_SENDER.to_string());
     crate::session::identity::validate_user_id(&from)?;
-    let req = PublishRequest { channel, from: Arc::from(from.as_str()), text: body.text, meta: body.meta };
-    let id = node.cluster.publish(req).await?;
-    Ok((StatusCode::CREATED, Json(PublishedBody { message_id: id })).into_response())
+    let nonce = body
+        .nonce
+        .as_deref()
+        .map(Nonce::new)
+        .transpose()
+        .map_err(|e| ChatError::bad_request(e.to_string()))?;
+    let req =
+        PublishRequest { channel, from: Arc::from(from.as_str()), text: body.text, meta: body.meta, nonce };
+    let p = node.cluster.publish(req).await?;
+    let status = if p.duplicate { StatusCode::OK } else { StatusCode::CREATED };
+    Ok((status, Json(PublishedBody { message_id: p.id, duplicate: p.duplicate })).into_response())
 }
 
 pub async fn healthz() -> &'static str {
@@ -169,7 +183,9 @@ pub async fn readyz(State(node): State<Arc<Node>>) -> Response {
     } else if node.lifecycle.is_draining() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
+        let why: Vec<String> =
+            node.lifecycle.problems().into_iter().map(|(k, v)| format!("{k}: {v}")).collect();
+        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready\n{}\n", why.join("\n"))).into_response()
     }
 }
 

@@ -148,6 +148,31 @@ impl Moderator {
         });
     }
 
+    /// Whether moderating a message in `mode` waits for the external service.
+    pub fn needs_service(&self, mode: ModerationMode) -> bool {
+        mode != ModerationMode::Off && self.service.is_some()
+    }
+
+    fn decide(&self, decision: &str) {
+        self.metrics.decisions.with_label_values(&[decision]).inc();
+    }
+
+    /// The built-in filter: the checked text and whether it was masked.
+    fn filter_stage(&self, mode: ModerationMode, text: String) -> ChatResult<(String, bool)> {
+        self.filter().check(mode, text).inspect_err(|_| self.decide("rejected"))
+    }
+
+    /// The pipeline without the external service, for when
+    /// [`needs_service`](Self::needs_service) is false: no waiting.
+    pub fn moderate_now(&self, mode: ModerationMode, text: String) -> ChatResult<String> {
+        if mode == ModerationMode::Off {
+            return Ok(text);
+        }
+        let (text, masked) = self.filter_stage(mode, text)?;
+        self.decide(if masked { "masked" } else { "allowed" });
+        Ok(text)
+    }
+
     /// Runs the pipeline on one message: the text to store, `filtered`, or
     /// `unavailable` when the service failed and the pipeline fails closed.
     pub async fn moderate(
@@ -157,47 +182,35 @@ impl Moderator {
         user: &str,
         text: String,
     ) -> ChatResult<String> {
-        if mode == ModerationMode::Off {
-            return Ok(text);
-        }
-        let decide = |d: &str| self.metrics.decisions.with_label_values(&[d]).inc();
-        let filter = self.filter();
-        let (mut text, mut masked) = match filter.check(mode, text) {
-            Ok(checked) => checked,
-            Err(e) => {
-                decide("rejected");
-                return Err(e);
-            }
+        let Some(service) = self.service.as_ref().filter(|_| mode != ModerationMode::Off) else {
+            return self.moderate_now(mode, text);
         };
-        if let Some(service) = &self.service {
-            let mode_name = if mode == ModerationMode::Reject { "reject" } else { "mask" };
-            match service.check(channel, user, &text, mode_name).await {
-                Ok(Verdict::Allow) => {}
-                Ok(Verdict::Mask(replacement)) => {
-                    masked |= replacement != text;
-                    text = replacement;
-                }
-                Ok(Verdict::Reject) => {
-                    decide("rejected");
-                    return Err(ChatError::new(ErrorCode::Filtered, "message refused by moderation"));
-                }
-                Err(failure) => {
-                    if self.fail_open {
-                        tracing::debug!(?failure, "moderation service failed; delivering (fail-open)");
-                        self.metrics.failed_open.inc();
-                    } else {
-                        decide("unavailable");
-                        return Err(ChatError::unavailable(match failure {
-                            Failure::BreakerOpen => {
-                                "moderation is temporarily unavailable; try again shortly"
-                            }
-                            Failure::Timeout | Failure::Error(_) => "moderation did not answer; try again",
-                        }));
-                    }
+        let (mut text, mut masked) = self.filter_stage(mode, text)?;
+        let mode_name = if mode == ModerationMode::Reject { "reject" } else { "mask" };
+        match service.check(channel, user, &text, mode_name).await {
+            Ok(Verdict::Allow) => {}
+            Ok(Verdict::Mask(replacement)) => {
+                masked |= replacement != text;
+                text = replacement;
+            }
+            Ok(Verdict::Reject) => {
+                self.decide("rejected");
+                return Err(ChatError::new(ErrorCode::Filtered, "message refused by moderation"));
+            }
+            Err(failure) => {
+                if self.fail_open {
+                    tracing::debug!(?failure, "moderation service failed; delivering (fail-open)");
+                    self.metrics.failed_open.inc();
+                } else {
+                    self.decide("unavailable");
+                    return Err(ChatError::unavailable(match failure {
+                        Failure::BreakerOpen => "moderation is temporarily unavailable; try again shortly",
+                        Failure::Timeout | Failure::Error(_) => "moderation did not answer; try again",
+                    }));
                 }
             }
         }
-        decide(if masked { "masked" } else { "allowed" });
+        self.decide(if masked { "masked" } else { "allowed" });
         Ok(text)
     }
 }

@@ -9,14 +9,14 @@ use fred::types::Value;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use serde_json::Map;
-use shardchat_common::protocol::{ChatMessage, MAX_HISTORY_LIMIT};
+use shardchat_common::protocol::ChatMessage;
 use shardchat_common::{ChannelName, MessageId, Retention};
 
 use super::{RedisCtx, unavailable};
 use crate::clock::now_ms;
 use crate::directory::Directory;
 use crate::error::ChatResult;
-use crate::history::{HistoryStore, Recovery, StoredMessage};
+use crate::history::{HistoryStore, MAX_RECOVERY, MessagePush, Recovery};
 
 pub struct RedisHistory {
     redis: Arc<RedisCtx>,
@@ -85,11 +85,9 @@ impl HistoryStore for RedisHistory {
         async move {
             let r = &self.redis;
             let reply: Value = r
-                .run(
-                    &r.scripts.after,
-                    vec![channel.to_string(), since.to_string(), (MAX_HISTORY_LIMIT * 10).to_string()],
-                )
-                .await?;
+                .run(&r.scripts.after, vec![channel.to_string(), since.to_string(), MAX_RECOVERY.to_string()])
+                .await
+                .map_err(unavailable)?;
             let mut parts = reply.into_array().into_iter();
             let exists = parts.next().and_then(|v| v.as_i64()).unwrap_or(0) == 1;
             if !exists {
@@ -99,17 +97,22 @@ impl HistoryStore for RedisHistory {
                 |v: Option<Value>| v.and_then(|v| v.as_string()).and_then(|s| s.parse::<MessageId>().ok());
             let trimmed = id_of(parts.next());
             let newest = id_of(parts.next());
-            let entries = parts.next().map(parse_entries).unwrap_or_default();
+            // Newest first, at most the cap plus one (which tells there were more).
+            let mut entries = parts.next().map(parse_entries).unwrap_or_default();
             let oldest_visible = self.oldest_visible(channel);
             let last_known = newest.max(trimmed).unwrap_or(MessageId::ZERO);
             let mut complete = since <= last_known && trimmed.is_none_or(|t| since >= t);
+            if entries.len() > MAX_RECOVERY {
+                entries.truncate(MAX_RECOVERY);
+                complete = false;
+            }
             let mut messages = Vec::with_capacity(entries.len());
-            for (id, fields) in entries {
+            for (id, fields) in entries.into_iter().rev() {
                 if id < oldest_visible {
                     complete = false; // expired after `since`
                     continue;
                 }
-                messages.push(StoredMessage::new(message_from_fields(channel, id, &fields), 0));
+                messages.push(MessagePush::of(&message_from_fields(channel, id, &fields), 0));
             }
             Ok(Recovery { messages, complete })
         }
@@ -121,7 +124,7 @@ impl HistoryStore for RedisHistory {
         channel: &'a ChannelName,
         limit: usize,
         before: Option<MessageId>,
-    ) -> BoxFuture<'a, ChatResult<Vec<Arc<StoredMessage>>>> {
+    ) -> BoxFuture<'a, ChatResult<Vec<ChatMessage>>> {
         async move {
             if limit == 0 {
                 return Ok(Vec::new());
@@ -137,12 +140,11 @@ impl HistoryStore for RedisHistory {
                 .await
                 .map_err(unavailable)?;
             let oldest_visible = self.oldest_visible(channel);
-            let mut messages: Vec<Arc<StoredMessage>> = entries
+            let mut messages: Vec<ChatMessage> = entries
                 .into_iter()
                 .filter_map(|(id, fields)| {
                     let id: MessageId = id.parse().ok()?;
-                    (id >= oldest_visible)
-                        .then(|| StoredMessage::new(message_from_fields(channel, id, &fields), 0))
+                    (id >= oldest_visible).then(|| message_from_fields(channel, id, &fields))
                 })
                 .collect();
             messages.reverse();

@@ -1,225 +1,125 @@
-//! Each node's inbound stream `{p}:inbox:<node>`: the wire format of its
-//! entries, and the consumer that reads them through the `chat-node`
-//! consumer group (so a restarted node first finishes its own pending
-//! entries, then reads new ones) and acknowledges each batch only after
-//! handling it.
+//! Reading this node's inbound stream `{p}:inbox:<node>` through the
+//! `chat-node` consumer group: a restarted node first finishes its own
+//! pending entries, then reads new ones.
+//!
+//! The reader never waits for owner work: fan-out events go straight to
+//! the hub (one queue item per member per read), acks to the router,
+//! requests onto the owner's per-channel queues. Then the entries are
+//! acknowledged and deleted, so an inbox holds only what its node has not
+//! handled yet.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::extract::ws::Utf8Bytes;
 use fred::prelude::*;
-use fred::types::streams::XReadResponse;
-use shardchat_common::protocol::{ErrorBody, ErrorCode, PresenceEvent};
-use shardchat_common::{ChannelName, MessageId};
+use fred::types::Value;
+use shardchat_common::ChannelName;
+use shardchat_common::redis_layout::inbox::InboxEntry;
+use tokio::time::Instant;
 
-use super::history::message_from_fields;
+use super::backend::RedisBackend;
+use super::owner_server::OwnerServer;
+use super::router::Router;
 use super::{INBOX_GROUP, RedisCtx};
-use crate::history::StoredMessage;
-use crate::hub::{Event, Hub, PresenceFrame};
+use crate::frames::{MessagePush, PresencePush};
+use crate::hub::{Event, Hub};
+use crate::metrics::Metrics;
 
-/// What an owner is asked to do.
+/// Entries read at once.
+const READ_COUNT: u64 = 1024;
+/// How long one blocking read waits for new entries.
+const BLOCK_MS: u64 = 1_000;
+
+/// One entry as read: `None` fields when the entry was deleted after it was
+/// delivered (a pending entry that trimming removed).
 #[derive(Debug, Clone, PartialEq)]
-pub enum RequestKind {
-    Publish { text: String, meta: String },
-    Join,
-    Leave,
+pub struct RawEntry {
+    pub id: String,
+    pub fields: Option<Vec<(String, String)>>,
 }
 
-/// A request from an edge to a channel's owner.
-#[derive(Debug, Clone, PartialEq)]
-pub struct OwnerRequest {
-    pub kind: RequestKind,
-    /// Unique per request (`<edge>:<n>`); also the publish dedup key.
-    pub req: String,
-    /// Edge id (`<node>#<incarnation>`) to answer and to record membership for.
-    pub edge: String,
-    pub channel: ChannelName,
-    pub user: String,
-    /// Wall-clock ms after which the edge has given up: the owner drops it.
-    pub deadline_ms: u64,
-    /// Forwards so far (a request for a channel that moved).
-    pub hops: u32,
-}
-
-/// The owner's answer: a value (message id, member count) or an error.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Ack {
-    pub req: String,
-    pub result: Result<String, ErrorBody>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum InboxEntry {
-    Message {
-        channel: ChannelName,
-        id: MessageId,
-        fields: HashMap<String, String>,
-        accepted_micros: u64,
-    },
-    Presence {
-        channel: ChannelName,
-        event: PresenceEvent,
-        user: String,
-    },
-    Request(OwnerRequest),
-    Ack(Ack),
-    /// Operator → owner: close this channel.
-    Close {
-        channel: ChannelName,
-        reason: String,
-    },
-    /// Owner → edges: the channel is closed; drop its local members.
-    Closed {
-        channel: ChannelName,
-        reason: String,
-    },
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("malformed inbox entry: {0}")]
-pub struct MalformedEntry(String);
-
-fn field<'a>(f: &'a HashMap<String, String>, name: &str) -> Result<&'a str, MalformedEntry> {
-    f.get(name).map(String::as_str).ok_or_else(|| MalformedEntry(format!("missing field {name:?}")))
-}
-
-fn channel(f: &HashMap<String, String>) -> Result<ChannelName, MalformedEntry> {
-    ChannelName::new(field(f, "c")?).map_err(|e| MalformedEntry(e.to_string()))
-}
-
-impl InboxEntry {
-    pub fn decode(f: HashMap<String, String>) -> Result<InboxEntry, MalformedEntry> {
-        let kind = field(&f, "k")?;
-        Ok(match kind {
-            "msg" => InboxEntry::Message {
-                channel: channel(&f)?,
-                id: field(&f, "i")?
-                    .parse()
-                    .map_err(|e: shardchat_common::InvalidMessageId| MalformedEntry(e.to_string()))?,
-                accepted_micros: f.get("t").and_then(|t| t.parse().ok()).unwrap_or(0),
-                fields: f,
-            },
-            "pres" => InboxEntry::Presence {
-                channel: channel(&f)?,
-                event: match field(&f, "e")? {
-                    "join" => PresenceEvent::Join,
-                    "leave" => PresenceEvent::Leave,
-                    other => return Err(MalformedEntry(format!("presence event {other:?}"))),
-                },
-                user: field(&f, "u")?.to_string(),
-            },
-            "pub" | "join" | "leave" => InboxEntry::Request(OwnerRequest {
-                kind: match kind {
-                    "pub" => RequestKind::Publish {
-                        text: field(&f, "x")?.to_string(),
-                        meta: f.get("m").cloned().unwrap_or_default(),
-                    },
-                    "join" => RequestKind::Join,
-                    _ => RequestKind::Leave,
-                },
-                req: field(&f, "r")?.to_string(),
-                edge: field(&f, "e")?.to_string(),
-                channel: channel(&f)?,
-                user: field(&f, "u")?.to_string(),
-                deadline_ms: field(&f, "dl")?.parse().map_err(|_| MalformedEntry("deadline".into()))?,
-                hops: f.get("h").and_then(|h| h.parse().ok()).unwrap_or(0),
-            }),
-            "ack" => InboxEntry::Ack(Ack {
-                req: field(&f, "r")?.to_string(),
-                result: if field(&f, "ok")? == "1" {
-                    Ok(field(&f, "v")?.to_string())
-                } else {
-                    let code = serde_json::from_value::<ErrorCode>(serde_json::Value::String(
-                        field(&f, "code")?.into(),
-                    ))
-                    .unwrap_or(ErrorCode::Unavailable);
-                    Err(ErrorBody::new(code, f.get("msg").cloned().unwrap_or_default()))
-                },
-            }),
-            "close" => {
-                #[derive(serde::Deserialize)]
-                struct Close {
-                    channel: ChannelName,
-                    #[serde(default)]
-                    reason: String,
-                }
-                let c: Close =
-                    serde_json::from_str(field(&f, "d")?).map_err(|e| MalformedEntry(e.to_string()))?;
-                InboxEntry::Close { channel: c.channel, reason: c.reason }
-            }
-            "closed" => {
-                InboxEntry::Closed { channel: channel(&f)?, reason: f.get("r").cloned().unwrap_or_default() }
-            }
-            other => return Err(MalformedEntry(format!("unknown kind {other:?}"))),
+/// Parses an `XREADGROUP` reply for `key` (RESP2 arrays or RESP3 maps),
+/// tolerating deleted entries (`[id, nil]`).
+pub fn parse_read(reply: Value, key: &str) -> Vec<RawEntry> {
+    let streams: Vec<(Value, Value)> = match reply {
+        Value::Null => return Vec::new(),
+        Value::Map(map) => map.inner().into_iter().map(|(k, v)| (Value::from(k), v)).collect(),
+        other => other
+            .into_array()
+            .into_iter()
+            .filter_map(|s| {
+                let mut kv = s.into_array().into_iter();
+                Some((kv.next()?, kv.next()?))
+            })
+            .collect(),
+    };
+    streams
+        .into_iter()
+        .filter(|(k, _)| k.as_str().as_deref() == Some(key))
+        .flat_map(|(_, entries)| entries.into_array())
+        .filter_map(|entry| {
+            let mut parts = entry.into_array().into_iter();
+            let id = parts.next()?.as_string()?;
+            let fields = match parts.next() {
+                None | Some(Value::Null) => None,
+                Some(v) => Some(
+                    v.into_array()
+                        .chunks(2)
+                        .filter_map(|kv| Some((kv.first()?.as_string()?, kv.get(1)?.as_string()?)))
+                        .collect(),
+                ),
+            };
+            Some(RawEntry { id, fields })
         })
-    }
+        .collect()
 }
 
-impl OwnerRequest {
-    pub fn encode(&self) -> Vec<(&'static str, String)> {
-        let mut f = vec![
-            (
-                "k",
-                match self.kind {
-                    RequestKind::Publish { .. } => "pub",
-                    RequestKind::Join => "join",
-                    RequestKind::Leave => "leave",
-                }
-                .to_string(),
-            ),
-            ("r", self.req.clone()),
-            ("e", self.edge.clone()),
-            ("c", self.channel.to_string()),
-            ("u", self.user.clone()),
-            ("dl", self.deadline_ms.to_string()),
-            ("h", self.hops.to_string()),
-        ];
-        if let RequestKind::Publish { text, meta } = &self.kind {
-            f.push(("x", text.clone()));
-            if !meta.is_empty() {
-                f.push(("m", meta.clone()));
-            }
+/// What the reader has seen lately, for readiness.
+#[derive(Default)]
+pub struct InboxHealth {
+    state: Mutex<HealthState>,
+}
+
+#[derive(Default)]
+struct HealthState {
+    last_ok: Option<Instant>,
+    last_error: Option<String>,
+}
+
+impl InboxHealth {
+    fn ok(&self) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.last_ok = Some(Instant::now());
+        s.last_error = None;
+    }
+
+    fn failed(&self, error: String) {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).last_error = Some(error);
+    }
+
+    /// Why the reader is not keeping up, when it has not completed a read
+    /// for longer than `allowed`.
+    pub fn problem(&self, allowed: Duration) -> Option<String> {
+        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        match s.last_ok {
+            Some(t) if t.elapsed() <= allowed => None,
+            _ => Some(match &s.last_error {
+                Some(e) => format!("inbox reader stuck: {e}"),
+                None => "inbox reader has not read yet".to_string(),
+            }),
         }
-        f
     }
 }
 
-impl Ack {
-    pub fn encode(&self) -> Vec<(&'static str, String)> {
-        let mut f = vec![("k", "ack".to_string()), ("r", self.req.clone())];
-        match &self.result {
-            Ok(v) => {
-                f.push(("ok", "1".into()));
-                f.push(("v", v.clone()));
-            }
-            Err(e) => {
-                f.push(("ok", "0".into()));
-                f.push(("code", e.code.as_str().into()));
-                f.push(("msg", e.message.clone()));
-            }
-        }
-        f
-    }
-}
-
-/// XADDs `fields` to `node`'s inbox (capped, approximately).
-pub async fn send(
-    redis: &RedisCtx,
-    node: &str,
-    fields: Vec<(&'static str, String)>,
-) -> Result<(), fred::error::Error> {
-    let cap = ("MAXLEN", "~", redis.settings.inbox_maxlen as i64);
-    let _: String = redis.client.xadd(redis.keys.inbox(node), false, cap, "*", fields).await?;
-    Ok(())
-}
-
-/// Where the consumer hands what it reads.
-pub trait InboxHandler: Send + Sync + 'static {
-    /// Serves owner requests of one channel, in order.
-    fn serve(&self, requests: Vec<OwnerRequest>) -> futures_util::future::BoxFuture<'_, ()>;
-    fn ack(&self, ack: Ack);
-    fn close(&self, channel: ChannelName, reason: String) -> futures_util::future::BoxFuture<'_, ()>;
+/// Where the reader hands what it reads.
+pub struct InboxTargets {
+    pub hub: Arc<Hub>,
+    pub router: Arc<Router>,
+    pub owner_server: Arc<OwnerServer>,
+    pub backend: Arc<RedisBackend>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Creates the consumer group (and the stream) if missing.
@@ -231,36 +131,33 @@ pub async fn ensure_group(redis: &RedisCtx, node: &str) -> Result<(), fred::erro
     }
 }
 
-/// Reads this node's inbox forever.
-pub async fn consume(redis: Arc<RedisCtx>, node: Arc<str>, hub: Arc<Hub>, handler: Arc<dyn InboxHandler>) {
+/// Reads this node's inbox until the process ends.
+pub async fn consume(redis: Arc<RedisCtx>, node: Arc<str>, targets: InboxTargets, health: Arc<InboxHealth>) {
     let key = redis.keys.inbox(&node);
     // First our own pending entries (left by a previous run), then new ones.
     let mut cursor = "0".to_string();
     let mut backoff = Duration::from_millis(100);
     loop {
-        let block = (cursor == ">").then_some(1_000);
-        let read: Result<XReadResponse<String, String, String, String>, _> = redis
+        let block = (cursor == ">").then_some(BLOCK_MS);
+        let read = redis
             .reader
-            .xreadgroup::<fred::types::Value, _, _, _, _>(
+            .xreadgroup::<Value, _, _, _, _>(
                 INBOX_GROUP,
                 &*node,
-                Some(512),
+                Some(READ_COUNT),
                 block,
                 false,
                 key.as_str(),
                 cursor.as_str(),
             )
-            .await
-            .and_then(|v| {
-                // A blocking read that timed out answers nil: no entries, not an error.
-                if v.is_null() { Ok(XReadResponse::default()) } else { v.into_xread_response() }
-            });
+            .await;
         let entries = match read {
-            Ok(mut r) => {
+            Ok(reply) => {
                 backoff = Duration::from_millis(100);
-                r.remove(&key).unwrap_or_default()
+                parse_read(reply, &key)
             }
             Err(e) => {
+                health.failed(e.to_string());
                 if e.details().contains("NOGROUP") {
                     tracing::info!("inbox consumer group missing (Redis restarted?); recreating it");
                     if let Err(e) = ensure_group(&redis, &node).await {
@@ -276,6 +173,7 @@ pub async fn consume(redis: Arc<RedisCtx>, node: Arc<str>, hub: Arc<Hub>, handle
             }
         };
         if entries.is_empty() {
+            health.ok();
             if cursor != ">" {
                 tracing::debug!("pending inbox entries done");
                 cursor = ">".into();
@@ -283,45 +181,85 @@ pub async fn consume(redis: Arc<RedisCtx>, node: Arc<str>, hub: Arc<Hub>, handle
             continue;
         }
         if cursor != ">"
-            && let Some((last, _)) = entries.last()
+            && let Some(last) = entries.last()
         {
-            cursor = last.clone();
+            cursor = last.id.clone();
         }
-        let ids: Vec<String> = entries.iter().map(|(id, _)| id.clone()).collect();
-        handle_batch(&hub, handler.as_ref(), entries).await;
-        if let Err(e) = redis.client.xack::<i64, _, _, _>(key.as_str(), INBOX_GROUP, ids).await {
-            // Unacknowledged entries are read again after a restart; handling is idempotent.
-            tracing::warn!(error = %e, "acknowledging inbox entries failed");
+        let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
+        targets.metrics.inbox_entries.inc_by(ids.len() as u64);
+        handle(&targets, entries);
+        // Unacknowledged entries are read again after a restart; handling is idempotent.
+        let mut args = vec![INBOX_GROUP.to_string()];
+        args.extend(ids);
+        match redis
+            .scripts
+            .ack_and_trim
+            .evalsha_with_reload::<i64, _, _>(&redis.client, key.as_str(), args)
+            .await
+        {
+            Ok(_) => health.ok(),
+            Err(e) => {
+                tracing::warn!(error = %e, "acknowledging inbox entries failed");
+                health.failed(e.to_string());
+            }
         }
     }
 }
 
-async fn handle_batch(
-    hub: &Hub,
-    handler: &dyn InboxHandler,
-    entries: Vec<(String, HashMap<String, String>)>,
-) {
-    let mut requests: HashMap<ChannelName, Vec<OwnerRequest>> = HashMap::new();
-    let mut closes = Vec::new();
-    for (id, fields) in entries {
-        match InboxEntry::decode(fields) {
-            Ok(InboxEntry::Message { channel, id, fields, accepted_micros }) => {
-                let message = message_from_fields(&channel, id, &fields);
-                hub.deliver(&channel, Event::Message(StoredMessage::new(message, accepted_micros)));
+/// Dispatches one read, keeping each channel's events in stream order.
+fn handle(t: &InboxTargets, entries: Vec<RawEntry>) {
+    // Events per channel, delivered together: one queue item per member.
+    let mut events: Vec<(ChannelName, Vec<Event>)> = Vec::new();
+    let mut index: HashMap<ChannelName, usize> = HashMap::new();
+    let mut push = |channel: ChannelName, new: &mut dyn Iterator<Item = Event>| {
+        let i = *index.entry(channel.clone()).or_insert_with(|| {
+            events.push((channel, Vec::new()));
+            events.len() - 1
+        });
+        events[i].1.extend(new);
+    };
+    let mut closed = Vec::new();
+    for entry in entries {
+        let Some(fields) = entry.fields else {
+            tracing::debug!(entry = %entry.id, "skipping a pending inbox entry that was deleted");
+            continue;
+        };
+        match InboxEntry::decode(&fields) {
+            Ok(InboxEntry::Messages { channel, messages }) => {
+                let mut new = messages.into_iter().map(|m| {
+                    Event::Message(Arc::new(MessagePush {
+                        id: m.id,
+                        frame: Utf8Bytes::from(m.push),
+                        accepted_at_micros: m.accepted_micros,
+                    }))
+                });
+                push(channel, &mut new);
             }
             Ok(InboxEntry::Presence { channel, event, user }) => {
-                hub.deliver(&channel, Event::Presence(PresenceFrame::new(channel.clone(), event, &user)));
+                let presence = Event::Presence(PresencePush::new(channel.clone(), event, &user));
+                push(channel, &mut std::iter::once(presence));
             }
-            Ok(InboxEntry::Ack(ack)) => handler.ack(ack),
-            Ok(InboxEntry::Request(r)) => requests.entry(r.channel.clone()).or_default().push(r),
-            Ok(InboxEntry::Close { channel, reason }) => closes.push((channel, reason)),
-            Ok(InboxEntry::Closed { channel, reason }) => hub.close_channel(&channel, &reason),
-            Err(e) => tracing::warn!(entry = %id, error = %e, "skipping a malformed inbox entry"),
+            Ok(InboxEntry::Acks(acks)) => t.router.acks(acks),
+            Ok(InboxEntry::Requests(requests)) => t.owner_server.serve(requests),
+            Ok(InboxEntry::Close { channel, reason }) => {
+                let backend = t.backend.clone();
+                tokio::spawn(async move {
+                    match backend.close_channel(&channel, &reason).await {
+                        Ok(n) => tracing::info!(%channel, %reason, memberships = n, "channel closed"),
+                        Err(e) => tracing::warn!(%channel, error = %e, "closing a channel failed"),
+                    }
+                });
+            }
+            Ok(InboxEntry::Closed { channel, reason }) => closed.push((channel, reason)),
+            Err(e) => tracing::warn!(entry = %entry.id, error = %e, "skipping a malformed inbox entry"),
         }
     }
-    futures_util::future::join_all(requests.into_values().map(|reqs| handler.serve(reqs))).await;
-    for (channel, reason) in closes {
-        handler.close(channel, reason).await;
+    for (channel, events) in events {
+        t.hub.deliver_batch(&channel, &events);
+    }
+    // After the channel's last events of this read.
+    for (channel, reason) in closed {
+        t.hub.close_channel(&channel, &reason);
     }
 }
 
@@ -329,40 +267,30 @@ async fn handle_batch(
 mod tests {
     use super::*;
 
-    fn to_map(f: Vec<(&'static str, String)>) -> HashMap<String, String> {
-        f.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+    fn s(v: &str) -> Value {
+        Value::from(v)
     }
 
     #[test]
-    fn requests_and_acks_round_trip() {
-        let req = OwnerRequest {
-            kind: RequestKind::Publish { text: "hi".into(), meta: "{\"a\":1}".into() },
-            req: "n#1:7".into(),
-            edge: "n#1".into(),
-            channel: ChannelName::new("town-137").unwrap(),
-            user: "u".into(),
-            deadline_ms: 42,
-            hops: 1,
-        };
-        assert_eq!(InboxEntry::decode(to_map(req.encode())).unwrap(), InboxEntry::Request(req));
-        let ok = Ack { req: "r".into(), result: Ok("5-0".into()) };
-        assert_eq!(InboxEntry::decode(to_map(ok.encode())).unwrap(), InboxEntry::Ack(ok));
-        let err = Ack { req: "r".into(), result: Err(ErrorBody::new(ErrorCode::ChannelFull, "full")) };
-        assert_eq!(InboxEntry::decode(to_map(err.encode())).unwrap(), InboxEntry::Ack(err));
-    }
-
-    #[test]
-    fn malformed_entries_are_errors_not_panics() {
-        for f in [
-            vec![],
-            vec![("k", "msg".to_string())],
-            vec![("k", "msg".into()), ("c", "bad name".into()), ("i", "1-0".into())],
-            vec![("k", "msg".into()), ("c", "ok".into()), ("i", "x".into())],
-            vec![("k", "pres".into()), ("c", "ok".into()), ("e", "dance".into()), ("u", "u".into())],
-            vec![("k", "close".into()), ("d", "{".into())],
-            vec![("k", "zzz".into())],
-        ] {
-            assert!(InboxEntry::decode(to_map(f)).is_err());
-        }
+    fn reads_are_parsed_and_deleted_entries_are_tolerated() {
+        let reply = Value::Array(vec![Value::Array(vec![
+            s("p:inbox:n0"),
+            Value::Array(vec![
+                Value::Array(vec![s("1-0"), Value::Array(vec![s("k"), s("pres"), s("c"), s("a")])]),
+                // A pending entry whose data trimming removed.
+                Value::Array(vec![s("2-0"), Value::Null]),
+                Value::Array(vec![
+                    s("3-0"),
+                    Value::Array(vec![s("k"), s("msgs"), s("i"), s("3-0"), s("i"), s("3-1")]),
+                ]),
+            ]),
+        ])]);
+        let entries = parse_read(reply, "p:inbox:n0");
+        assert_eq!(entries.len(), 3);
+        assert_eq!(entries[0].fields.as_ref().unwrap()[0], ("k".to_string(), "pres".to_string()));
+        assert_eq!(entries[1], RawEntry { id: "2-0".into(), fields: None });
+        let third = entries[2].fields.as_ref().unwrap();
+        assert_eq!(third.len(), 3, "repeated field names are kept in order");
+        assert!(parse_read(Value::Null, "p:inbox:n0").is_empty());
     }
 }

@@ -1,20 +1,30 @@
 //! Cluster mode: Redis Streams carry all cross-node traffic.
 //!
-//! * [`backend`] — the owner backend: Lua scripts that store, trim and fan
-//!   out atomically, and keep membership.
+//! * [`router`] — the edge side: routes a connection's calls to the owner
+//!   the ring names (locally, or as requests on the owner's inbox) and
+//!   matches the acks that come back.
+//! * [`owner_server`] — the owner side: serves the requests that reach this
+//!   node's inbox (or forwards them when the channel moved).
+//! * [`backend`] + [`scripts`] — the owner backend: one Lua script call
+//!   stores, trims and fans out a whole batch of channel operations.
+//! * [`inbox`] — reading this node's inbound stream; [`outbox`] — writing
+//!   batched requests and acks to other nodes' inboxes.
 //! * [`history`] — reading history streams (any node can).
-//! * [`inbox`] — each node's inbound stream: wire format and consumer loop.
-//! * [`cluster`] — edge → owner routing over inbound streams, with replies.
+//! * [`clock`] — Redis's clock, which request deadlines are measured in.
 //! * [`ring_view`] — the ring in use: static `--peers`, or followed in Redis.
 //! * [`upkeep`] — heartbeats, dead-edge cleanup, config following, readiness.
 //!
-//! The layout of every key is documented in docs/redis-layout.md.
+//! The layout of every key is `shardchat_common::redis_layout` and
+//! docs/redis-layout.md.
 
 pub mod backend;
-pub mod cluster;
+pub mod clock;
 pub mod history;
 pub mod inbox;
+pub mod outbox;
+pub mod owner_server;
 pub mod ring_view;
+pub mod router;
 pub mod scripts;
 pub mod upkeep;
 
@@ -22,8 +32,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fred::prelude::*;
+pub use shardchat_common::redis_layout::{INBOX_GROUP, Keys};
 
 use crate::error::ChatError;
+use crate::owner::backend::ApplyError;
 
 /// Everything the Redis parts share.
 pub struct RedisCtx {
@@ -34,6 +46,7 @@ pub struct RedisCtx {
     pub keys: Keys,
     pub scripts: scripts::Scripts,
     pub settings: RedisSettings,
+    pub clock: clock::RedisClock,
 }
 
 #[derive(Debug, Clone)]
@@ -42,53 +55,15 @@ pub struct RedisSettings {
     pub prefix: String,
     /// Bound on every Redis command; past it the client gets `unavailable`.
     pub command_timeout: Duration,
-    /// Bound on a request to another node's owner (publish, join).
+    /// Bound on a request to a channel's owner (publish, join).
     pub request_timeout: Duration,
-    /// Approximate cap of each node's inbox stream.
+    /// Approximate cap of each node's inbox stream (unread entries).
     pub inbox_maxlen: u64,
+    /// How long a publish nonce is remembered.
+    pub dedup_window: Duration,
+    /// Undeclared channels active at once, cluster-wide.
+    pub max_dynamic_channels: u64,
 }
-
-/// Key names; see docs/redis-layout.md.
-#[derive(Debug, Clone)]
-pub struct Keys {
-    pub prefix: String,
-}
-
-impl Keys {
-    pub fn ring(&self) -> String {
-        format!("{}:ring", self.prefix)
-    }
-    pub fn channels(&self) -> String {
-        format!("{}:channels", self.prefix)
-    }
-    pub fn channels_version(&self) -> String {
-        format!("{}:channels:version", self.prefix)
-    }
-    pub fn history(&self, channel: &str) -> String {
-        format!("{}:history:{channel}", self.prefix)
-    }
-    pub fn users(&self, channel: &str) -> String {
-        format!("{}:users:{channel}", self.prefix)
-    }
-    pub fn inbox(&self, node: &str) -> String {
-        format!("{}:inbox:{node}", self.prefix)
-    }
-    pub fn alive(&self, edge: &str) -> String {
-        format!("{}:alive:{edge}", self.prefix)
-    }
-    pub fn edges(&self) -> String {
-        format!("{}:edges", self.prefix)
-    }
-    pub fn edge_channels(&self, edge: &str) -> String {
-        format!("{}:edge-channels:{edge}", self.prefix)
-    }
-    pub fn active(&self) -> String {
-        format!("{}:active", self.prefix)
-    }
-}
-
-/// Consumer group every node uses on its own inbox.
-pub const INBOX_GROUP: &str = "chat-node";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -100,15 +75,23 @@ pub enum ConnectError {
 
 impl RedisCtx {
     /// Creates the clients and starts connecting in the background; Redis
-    /// being down at start is not fatal (the node reports not-ready).
+    /// being down at start is not fatal: the clients keep retrying (with
+    /// backoff) and the node reports not-ready until they get through.
     pub async fn connect(settings: RedisSettings) -> Result<Arc<RedisCtx>, ConnectError> {
-        let config = Config::from_url(&settings.url).map_err(|e| ConnectError::Url(e.to_string()))?;
+        let mut config = Config::from_url(&settings.url).map_err(|e| ConnectError::Url(e.to_string()))?;
+        // Without this, a first connection that fails ends the client's
+        // connection task for good: a node started before its Redis would
+        // never connect.
+        config.fail_fast = false;
         let build = |timeout: Duration| {
             Builder::from_config(config.clone())
                 .with_performance_config(|p| p.default_command_timeout = timeout)
                 .with_connection_config(|c| {
                     c.connection_timeout = Duration::from_secs(2);
                     c.internal_command_timeout = Duration::from_secs(2);
+                    // A command written before a connection broke is sent
+                    // again on the next one; commits carry a dedup key, so a
+                    // second run stores nothing.
                     c.max_command_attempts = 2;
                 })
                 .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
@@ -124,24 +107,36 @@ impl RedisCtx {
         Ok(Arc::new(RedisCtx {
             client,
             reader,
-            keys: Keys { prefix: settings.prefix.clone() },
+            keys: Keys::new(settings.prefix.clone()),
             scripts: scripts::Scripts::default(),
             settings,
+            clock: clock::RedisClock::default(),
         }))
     }
-}
 
-impl RedisCtx {
     /// Runs one of our Lua scripts with the key prefix as its first argument.
     pub async fn run<R: fred::types::FromValue>(
         &self,
         script: &fred::types::scripts::Script,
         args: Vec<String>,
-    ) -> Result<R, ChatError> {
+    ) -> Result<R, fred::error::Error> {
         let mut argv = Vec::with_capacity(args.len() + 1);
-        argv.push(self.keys.prefix.clone());
+        argv.push(self.keys.prefix().to_string());
         argv.extend(args);
-        script.evalsha_with_reload(&self.client, Vec::<String>::new(), argv).await.map_err(unavailable)
+        script.evalsha_with_reload(&self.client, Vec::<String>::new(), argv).await
+    }
+}
+
+impl RedisCtx {
+    /// `unavailable` without sending anything while the command connection
+    /// is down: a command that was never written certainly did not run, so
+    /// callers can answer at once instead of waiting out the ambiguity.
+    pub fn check_connected(&self) -> Result<(), ChatError> {
+        if self.client.is_connected() {
+            Ok(())
+        } else {
+            Err(ChatError::unavailable("storage is unavailable, try again: not connected to Redis"))
+        }
     }
 }
 
@@ -149,4 +144,24 @@ impl RedisCtx {
 pub fn unavailable(e: fred::error::Error) -> ChatError {
     tracing::debug!(error = %e, "redis command failed");
     ChatError::unavailable(format!("storage is unavailable, try again: {}", e.kind().to_str()))
+}
+
+/// Whether a failed command may still have run: a timeout or a broken
+/// connection says nothing about it, while an error reply Redis sends
+/// before running anything (out of memory, loading, read-only replica, …)
+/// means it did not.
+pub fn may_have_run(e: &fred::error::Error) -> bool {
+    const REFUSED_UPFRONT: [&str; 8] =
+        ["OOM", "LOADING", "BUSY", "READONLY", "NOAUTH", "NOPERM", "MASTERDOWN", "NOSCRIPT"];
+    match e.kind() {
+        ErrorKind::Auth | ErrorKind::Config | ErrorKind::Url | ErrorKind::Backpressure => false,
+        _ => !REFUSED_UPFRONT.iter().any(|p| e.details().starts_with(p)),
+    }
+}
+
+/// A failed script call as the sequencer needs to know it.
+pub fn apply_error(e: fred::error::Error) -> ApplyError {
+    let ambiguous = may_have_run(&e);
+    let error = unavailable(e);
+    if ambiguous { ApplyError::Ambiguous(error) } else { ApplyError::Refused(error) }
 }

@@ -1,27 +1,31 @@
-//! Lua scripts that make each owner step atomic in Redis: storing a
-//! message and fanning it out, membership changes with their presence
-//! events, cleanup after a dead edge, and a consistent recovery read.
+//! Lua scripts that make each owner step atomic in Redis: applying a batch
+//! of channel operations (store + fan-out, membership with presence),
+//! cleanup after a dead edge, closing a channel, and a consistent recovery
+//! read.
 //!
 //! Every script receives the key prefix as `ARGV[1]` and derives its keys
-//! from it (see docs/redis-layout.md); this ties Shardchat to a single Redis
-//! (or a primary with replicas), not Redis Cluster.
+//! from it exactly as `shardchat_common::redis_layout::Keys` names them
+//! (see docs/redis-layout.md); this ties Shardchat to a single Redis (or a
+//! primary with replicas), not Redis Cluster.
 
 use fred::types::scripts::Script;
 
-/// Shared helpers, prepended to scripts that fan out.
-const FANOUT: &str = r#"
-local function inbox_of(p, edge)
-  local node = string.match(edge, '^(.*)#') or edge
-  return p .. ':inbox:' .. node
-end
+/// Shared helpers, prepended to scripts that fan out or change membership.
+const HELPERS: &str = r#"
 -- XADD `fields` to the inbox of every node with members in channel `c`
--- (one entry per node even when it has several incarnations listed).
+-- (one entry per node even when it has several incarnations listed). An
+-- inbox holds only unread entries, so one at its cap is about to lose some:
+-- the overflow flag tells its node to warn its members of a gap.
 local function fanout(p, c, inbox_maxlen, fields)
   local seen = {}
   for _, edge in ipairs(redis.call('HKEYS', p .. ':edges:' .. c)) do
-    local inbox = inbox_of(p, edge)
-    if not seen[inbox] then
-      seen[inbox] = true
+    local node = string.match(edge, '^(.*)#') or edge
+    if not seen[node] then
+      seen[node] = true
+      local inbox = p .. ':inbox:' .. node
+      if redis.call('XLEN', inbox) >= tonumber(inbox_maxlen) then
+        redis.call('SET', p .. ':overflow:' .. node, '1')
+      end
       redis.call('XADD', inbox, 'MAXLEN', '~', inbox_maxlen, '*', unpack(fields))
     end
   end
@@ -43,80 +47,149 @@ local function leave(p, c, user, edge, inbox_maxlen)
 end
 "#;
 
-/// ARGV: prefix, channel, from, text, meta ('' = none), max_messages,
-/// min_id_ms (0 = no age bound), ttl_ms, dedup ('' = none), dedup_ttl_ms,
-/// accepted_micros, inbox_maxlen. Returns the message id.
-const COMMIT: &str = r#"
-local p, c = ARGV[1], ARGV[2]
-local dedup_key = ''
-if ARGV[9] ~= '' then
-  dedup_key = p .. ':dedup:' .. ARGV[9]
-  local previous = redis.call('GET', dedup_key)
-  if previous then return previous end
-end
-local h = p .. ':history:' .. c
-local fields = {'f', ARGV[3], 'x', ARGV[4]}
-if ARGV[5] ~= '' then
-  fields[5] = 'm'
-  fields[6] = ARGV[5]
-end
-local id = redis.call('XADD', h, '*', unpack(fields))
--- Trim by count and age, remembering the newest id dropped so that
--- recovery can tell whether it has a gap.
-local trimmed = nil
-local maxlen = tonumber(ARGV[6])
-local len = redis.call('XLEN', h)
-if len > maxlen then
-  local gone = redis.call('XRANGE', h, '-', '+', 'COUNT', len - maxlen)
-  trimmed = gone[#gone][1]
-  redis.call('XTRIM', h, 'MAXLEN', '=', maxlen)
-end
-if tonumber(ARGV[7]) > 0 then
-  local older = redis.call('XREVRANGE', h, '(' .. ARGV[7], '-', 'COUNT', 1)
-  if #older > 0 then
-    trimmed = older[1][1]
-    redis.call('XTRIM', h, 'MINID', ARGV[7])
+/// Applies operations of several channels; each channel's in order.
+///
+/// ARGV: prefix, inbox_maxlen, max_dynamic_channels, channel count; then per
+/// channel: name, max_messages, max_age_ms, dynamic ('1'/'0'), max_members,
+/// push head, op count; then per op its kind and fields:
+/// * `p` (publish): from, text, meta ('' = none), dedup key ('' = none),
+///   dedup ttl ms, deadline ms ('0' = none), accepted µs, push middle, push tail
+/// * `j` (join) / `l` (leave): user, edge
+///
+/// Returns per channel a list of results: publish `id:<id>`, `dup:<id>`
+/// (the dedup key was there) or `exp` (past its deadline, not stored); join
+/// the member count, -1 (channel full) or -2 (too many dynamic channels);
+/// leave 1 or 0.
+const APPLY: &str = r#"
+local p, inbox_maxlen, max_dynamic = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local dyn_key = p .. ':dynamic'
+local out = {}
+local i = 5
+for ci = 1, tonumber(ARGV[4]) do
+  local c, max_messages, max_age = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+  local dynamic, max_members, head, n = ARGV[i + 3] == '1', tonumber(ARGV[i + 4]), ARGV[i + 5], tonumber(ARGV[i + 6])
+  i = i + 7
+  local h = p .. ':history:' .. c
+  local users = p .. ':users:' .. c
+  local pending = {'k', 'msgs', 'c', c}
+  local function flush()
+    if #pending > 4 then
+      fanout(p, c, inbox_maxlen, pending)
+      pending = {'k', 'msgs', 'c', c}
+    end
   end
+  local stored = false
+  local results = {}
+  for oi = 1, n do
+    local kind = ARGV[i]
+    if kind == 'p' then
+      local from, text, meta, dkey = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+      local dttl, deadline, accepted = ARGV[i + 5], tonumber(ARGV[i + 6]), ARGV[i + 7]
+      local middle, tail = ARGV[i + 8], ARGV[i + 9]
+      i = i + 10
+      local previous = false
+      if dkey ~= '' then previous = redis.call('GET', dkey) end
+      if previous then
+        results[oi] = 'dup:' .. previous
+      elseif deadline > 0 and now > deadline then
+        results[oi] = 'exp'
+      else
+        local id
+        if meta ~= '' then
+          id = redis.call('XADD', h, '*', 'f', from, 'x', text, 'm', meta)
+        else
+          id = redis.call('XADD', h, '*', 'f', from, 'x', text)
+        end
+        if dkey ~= '' then redis.call('SET', dkey, id, 'PX', dttl) end
+        local ms = string.match(id, '^(%d+)')
+        local k = #pending
+        pending[k + 1] = 'i'
+        pending[k + 2] = id
+        pending[k + 3] = 't'
+        pending[k + 4] = accepted
+        pending[k + 5] = 'p'
+        pending[k + 6] = head .. id .. middle .. ms .. tail
+        stored = true
+        results[oi] = 'id:' .. id
+      end
+    else
+      local user, edge = ARGV[i + 1], ARGV[i + 2]
+      i = i + 3
+      -- Messages before a membership change reach the nodes that had members then.
+      flush()
+      if kind == 'j' then
+        local pair = edge .. '\t' .. user
+        if redis.call('SISMEMBER', p .. ':pairs:' .. c, pair) == 1 then
+          results[oi] = redis.call('HLEN', users)
+        else
+          local is_new = redis.call('HEXISTS', users, user) == 0
+          local count = redis.call('HLEN', users)
+          local admitted = true
+          if dynamic and count == 0 then
+            local score = redis.call('ZSCORE', dyn_key, c)
+            if not score or tonumber(score) <= now then
+              redis.call('ZREMRANGEBYSCORE', dyn_key, '-inf', now)
+              admitted = redis.call('ZCARD', dyn_key) < max_dynamic
+            end
+          end
+          if not admitted then
+            results[oi] = -2
+          elseif is_new and count >= max_members then
+            results[oi] = -1
+          else
+            redis.call('SADD', p .. ':pairs:' .. c, pair)
+            redis.call('HINCRBY', p .. ':edges:' .. c, edge, 1)
+            redis.call('HINCRBY', users, user, 1)
+            redis.call('SADD', p .. ':edge-channels:' .. edge, c)
+            redis.call('SADD', p .. ':edges', edge)
+            redis.call('SADD', p .. ':active', c)
+            if is_new then
+              fanout(p, c, inbox_maxlen, {'k', 'pres', 'c', c, 'e', 'join', 'u', user})
+            end
+            results[oi] = redis.call('HLEN', users)
+          end
+        end
+      else
+        results[oi] = leave(p, c, user, edge, inbox_maxlen)
+      end
+    end
+  end
+  flush()
+  if stored then
+    -- Trim by count and age, remembering the newest id dropped so that
+    -- recovery can tell whether it has a gap.
+    local trimmed = nil
+    local len = redis.call('XLEN', h)
+    if len > max_messages then
+      local gone = redis.call('XRANGE', h, '-', '+', 'COUNT', len - max_messages)
+      trimmed = gone[#gone][1]
+      redis.call('XTRIM', h, 'MAXLEN', '=', max_messages)
+    end
+    local min_id = now - max_age
+    if max_age > 0 and min_id > 0 then
+      local older = redis.call('XREVRANGE', h, '(' .. min_id, '-', 'COUNT', 1)
+      if #older > 0 then
+        trimmed = older[1][1]
+        redis.call('XTRIM', h, 'MINID', min_id)
+      end
+    end
+    local tkey = p .. ':trimmed:' .. c
+    local ttl = math.max(max_age, 1000)
+    if trimmed then redis.call('SET', tkey, trimmed) end
+    redis.call('PEXPIRE', h, ttl)
+    if redis.call('EXISTS', tkey) == 1 then redis.call('PEXPIRE', tkey, ttl) end
+  end
+  if dynamic and redis.call('HLEN', users) > 0 then
+    redis.call('ZADD', dyn_key, now + math.max(max_age, 1000), c)
+  elseif dynamic and redis.call('HLEN', users) == 0 and not stored then
+    -- The last member left and nothing was stored: only the history keeps it counted.
+    if redis.call('EXISTS', h) == 0 then redis.call('ZREM', dyn_key, c) end
+  end
+  out[ci] = results
 end
-local tkey = p .. ':trimmed:' .. c
-if trimmed then redis.call('SET', tkey, trimmed) end
-redis.call('PEXPIRE', h, ARGV[8])
-if redis.call('EXISTS', tkey) == 1 then redis.call('PEXPIRE', tkey, ARGV[8]) end
-if dedup_key ~= '' then redis.call('SET', dedup_key, id, 'PX', ARGV[10]) end
-local event = {'k', 'msg', 'c', c, 'i', id, 'f', ARGV[3], 'x', ARGV[4], 't', ARGV[11]}
-if ARGV[5] ~= '' then
-  event[13] = 'm'
-  event[14] = ARGV[5]
-end
-fanout(p, c, ARGV[12], event)
-return id
-"#;
-
-/// ARGV: prefix, channel, user, edge, max_members, inbox_maxlen.
-/// Returns the member count, or -1 when the channel is full.
-const JOIN: &str = r#"
-local p, c, user, edge = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local users = p .. ':users:' .. c
-if redis.call('SISMEMBER', p .. ':pairs:' .. c, edge .. '\t' .. user) == 1 then
-  return redis.call('HLEN', users)
-end
-local is_new = redis.call('HEXISTS', users, user) == 0
-if is_new and redis.call('HLEN', users) >= tonumber(ARGV[5]) then return -1 end
-redis.call('SADD', p .. ':pairs:' .. c, edge .. '\t' .. user)
-redis.call('HINCRBY', p .. ':edges:' .. c, edge, 1)
-redis.call('HINCRBY', users, user, 1)
-redis.call('SADD', p .. ':edge-channels:' .. edge, c)
-redis.call('SADD', p .. ':edges', edge)
-redis.call('SADD', p .. ':active', c)
-if is_new then
-  fanout(p, c, ARGV[6], {'k', 'pres', 'c', c, 'e', 'join', 'u', user})
-end
-return redis.call('HLEN', users)
-"#;
-
-/// ARGV: prefix, channel, user, edge, inbox_maxlen. Returns 1 when the pair was a member.
-const LEAVE: &str = r#"
-return leave(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
+return out
 "#;
 
 /// Removes every member that `edge` had in `channel` (the edge is dead).
@@ -151,11 +224,12 @@ for _, pair in ipairs(members) do
 end
 redis.call('DEL', pairs_key, p .. ':users:' .. c, p .. ':edges:' .. c)
 redis.call('SREM', p .. ':active', c)
+redis.call('ZREM', p .. ':dynamic', c)
 return #members
 "#;
 
-/// ARGV: prefix, channel, since, count. Returns
-/// `{exists, trimmed id or '', newest id or '', entries after since}`.
+/// ARGV: prefix, channel, since, cap. Returns `{exists, trimmed id or '',
+/// newest id or '', newest entries after since (at most cap + 1), newest first}`.
 const AFTER: &str = r#"
 local p, c = ARGV[1], ARGV[2]
 local h = p .. ':history:' .. c
@@ -164,28 +238,82 @@ local trimmed = redis.call('GET', p .. ':trimmed:' .. c) or ''
 local newest = redis.call('XREVRANGE', h, '+', '-', 'COUNT', 1)
 local newest_id = ''
 if #newest > 0 then newest_id = newest[1][1] end
-return {1, trimmed, newest_id, redis.call('XRANGE', h, '(' .. ARGV[3], '+', 'COUNT', ARGV[4])}
+return {1, trimmed, newest_id, redis.call('XREVRANGE', h, '+', '(' .. ARGV[3], 'COUNT', tonumber(ARGV[4]) + 1)}
+"#;
+
+/// Acknowledges inbox entries and deletes everything up to the last of
+/// them: an inbox holds only what its node has not handled yet.
+/// KEYS: the inbox. ARGV: group, ids...
+const ACK_AND_TRIM: &str = r#"
+local n = redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 2))
+redis.call('XTRIM', KEYS[1], 'MINID', ARGV[#ARGV])
+redis.call('XDEL', KEYS[1], ARGV[#ARGV])
+return n
 "#;
 
 pub struct Scripts {
-    pub commit: Script,
-    pub join: Script,
-    pub leave: Script,
+    pub apply: Script,
     pub drop_edge: Script,
     pub close: Script,
     pub after: Script,
+    pub ack_and_trim: Script,
 }
 
 impl Default for Scripts {
     fn default() -> Self {
-        let with_helpers = |body: &str| Script::from_lua(format!("{FANOUT}\n{body}"));
+        let with_helpers = |body: &str| Script::from_lua(format!("{HELPERS}\n{body}"));
         Self {
-            commit: with_helpers(COMMIT),
-            join: with_helpers(JOIN),
-            leave: with_helpers(LEAVE),
+            apply: with_helpers(APPLY),
             drop_edge: with_helpers(DROP_EDGE),
             close: with_helpers(CLOSE),
             after: Script::from_lua(AFTER),
+            ack_and_trim: Script::from_lua(ACK_AND_TRIM),
         }
+    }
+}
+
+/// The Lua scripts' text, for the test that checks their key names
+/// against `shardchat_common::redis_layout::Keys`.
+#[cfg(test)]
+pub(crate) fn all_sources() -> String {
+    [HELPERS, APPLY, DROP_EDGE, CLOSE, AFTER].concat()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shardchat_common::redis_layout::Keys;
+
+    #[test]
+    fn scripts_name_keys_as_the_shared_layout_does() {
+        // Every key pattern the scripts build (`p .. ':<kind>:'`, `p .. ':<kind>'`)
+        // must be one the shared layout defines.
+        let k = Keys::new("P");
+        let layout = [
+            k.history("C"),
+            k.trimmed("C"),
+            k.users("C"),
+            k.channel_edges("C"),
+            k.pairs("C"),
+            k.inbox("N"),
+            k.overflow("N"),
+            k.edge_channels("E"),
+            k.edges(),
+            k.active(),
+            k.dynamic(),
+        ];
+        let sources = all_sources();
+        let mut found = 0;
+        for (at, _) in sources.match_indices("p .. ':") {
+            let rest = &sources[at + "p .. ':".len()..];
+            let name: String = rest.chars().take_while(|c| *c != '\'').collect();
+            let full = format!("P:{name}");
+            assert!(
+                layout.iter().any(|key| key == &full || key.starts_with(&full) && full.ends_with(':')),
+                "the scripts build key {full:?}, which redis_layout::Keys does not define"
+            );
+            found += 1;
+        }
+        assert!(found >= 10, "expected the scripts to build keys from the prefix");
     }
 }

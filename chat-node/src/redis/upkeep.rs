@@ -1,10 +1,19 @@
 //! Background upkeep of a node in cluster mode:
 //!
-//! * heartbeat `{p}:alive:<edge>` every `--node-ttl`/5 (TTL `--node-ttl`) — readiness follows
-//!   it, and a missing key means Redis lost our state (restart), so this
-//!   edge registers its memberships again and recreates its consumer group;
-//! * dead-edge cleanup every `--node-ttl`/2 for the channels this node owns: members
-//!   on an edge whose heartbeat expired leave (with presence `leave`);
+//! * heartbeat `{p}:alive:<edge>` every `--node-ttl`/5 (TTL `--node-ttl`),
+//!   and `{p}:nodes[<node>]` = now. A missing heartbeat key means Redis
+//!   lost our state (restart): this edge registers its memberships again,
+//!   recreates its consumer group and hands its members what was stored
+//!   meanwhile — with a `gap` push when it cannot prove that is complete;
+//! * Redis clock samples (request deadlines are stated in Redis's time);
+//! * readiness: Redis reachable and the inbox reader keeping up, with the
+//!   reason on `/readyz` when not;
+//! * inbox overflow: a fan-out that found this node's inbox full set a
+//!   flag; the node tells every local member that it may have missed messages;
+//! * dead-edge cleanup every `--node-ttl`/2 for the channels this node owns:
+//!   members on an edge whose heartbeat expired leave (with presence `leave`);
+//! * departed nodes: the inbox of a node that left the ring and has not
+//!   sent a heartbeat for a long time is deleted;
 //! * channel config following: `{p}:channels` is re-read when
 //!   `{p}:channels:version` moves.
 
@@ -13,28 +22,33 @@ use std::time::Duration;
 
 use fred::prelude::*;
 use fred::types::Expiration;
-use shardchat_common::{ChannelConfig, ChannelName};
+use shardchat_common::{ChannelConfig, ChannelName, MessageId};
 
 use super::RedisCtx;
-use super::cluster::RedisCluster;
-use super::inbox;
+use super::inbox::{self, InboxHealth};
 use super::ring_view::RingView;
+use super::router::Router;
 use crate::clock::now_ms;
 use crate::directory::Directory;
 use crate::history::HistoryStore;
 use crate::hub::Hub;
 use crate::lifecycle::Lifecycle;
+use crate::metrics::Metrics;
+
+/// A node that left the ring keeps its inbox this long after its last heartbeat.
+const DEPARTED_NODE_GRACE: Duration = Duration::from_secs(15 * 60);
 
 pub struct Upkeep {
     pub redis: Arc<RedisCtx>,
-    pub cluster: Arc<RedisCluster>,
+    pub router: Arc<Router>,
     pub ring: Arc<RingView>,
     pub hub: Arc<Hub>,
     pub history: Arc<dyn HistoryStore>,
     pub directory: Arc<Directory>,
     pub node_id: Arc<str>,
     pub lifecycle: Arc<Lifecycle>,
-    pub metrics: Arc<crate::metrics::Metrics>,
+    pub metrics: Arc<Metrics>,
+    pub inbox_health: Arc<InboxHealth>,
     /// Channels declared by `--channels`, merged under the operator's.
     pub file_channels: Vec<ChannelConfig>,
     /// Heartbeat time-to-live (`--node-ttl`).
@@ -44,12 +58,27 @@ pub struct Upkeep {
 impl Upkeep {
     pub fn spawn(self: Arc<Self>) {
         tokio::spawn(self.clone().heartbeat());
+        tokio::spawn(self.clone().sample_clock());
+        tokio::spawn(self.clone().watch_inbox());
         tokio::spawn(self.clone().sweep_dead_edges());
+        tokio::spawn(self.clone().forget_departed_nodes());
         tokio::spawn(self.follow_config());
     }
 
+    fn problem(&self, check: &'static str, problem: Option<String>) {
+        let healthy = problem.is_none();
+        let text = problem.clone();
+        if self.lifecycle.set_problem(check, problem) {
+            match text {
+                Some(p) => tracing::warn!(check, problem = %p, "not ready"),
+                None => tracing::info!(check, "healthy again"),
+            }
+        }
+        self.metrics.readiness_problems.with_label_values(&[check]).set(i64::from(!healthy));
+    }
+
     async fn heartbeat(self: Arc<Self>) {
-        let edge = self.cluster.edge_id().clone();
+        let edge = self.router.edge_id().clone();
         let key = self.redis.keys.alive(&edge);
         let mut first = true;
         // Wall time of the last heartbeat that found our state intact.
@@ -65,6 +94,8 @@ impl Upkeep {
                 .await;
             match previous {
                 Ok(previous) => {
+                    let _: Result<i64, _> =
+                        self.redis.client.hset(self.redis.keys.nodes(), (&*self.node_id, now_ms())).await;
                     if first {
                         self.retire_old_incarnations().await;
                         if let Err(e) = inbox::ensure_group(&self.redis, &self.node_id).await {
@@ -82,17 +113,49 @@ impl Upkeep {
                         self.resync(last_intact_ms).await;
                     }
                     last_intact_ms = now_ms();
-                    if !self.lifecycle.is_ready() && !self.lifecycle.is_draining() {
-                        tracing::info!("Redis reachable: ready");
-                    }
-                    self.lifecycle.set_ready(true);
+                    self.problem("redis", None);
                 }
+                Err(e) => self.problem("redis", Some(format!("Redis unreachable: {e}"))),
+            }
+        }
+    }
+
+    /// Keeps the Redis clock estimate fresh: quickly until the first sample, then every few seconds.
+    async fn sample_clock(self: Arc<Self>) {
+        loop {
+            let wait = match self.redis.clock.sample(&self.redis.client).await {
+                Ok(()) => Duration::from_secs(5),
                 Err(e) => {
-                    if self.lifecycle.is_ready() {
-                        tracing::warn!(error = %e, "Redis unreachable: not ready");
-                    }
-                    self.lifecycle.set_ready(false);
+                    tracing::debug!(error = %e, "sampling Redis's clock failed");
+                    Duration::from_millis(200)
                 }
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Readiness of the inbox reader, and overflow of the inbox.
+    async fn watch_inbox(self: Arc<Self>) {
+        let allowed = self.redis.settings.command_timeout + Duration::from_secs(5);
+        let overflow = self.redis.keys.overflow(&self.node_id);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.problem("inbox", self.inbox_health.problem(allowed));
+            match self.redis.client.getdel::<Option<String>, _>(&overflow).await {
+                Ok(Some(_)) => {
+                    tracing::warn!(
+                        "this node's inbox overflowed (it fell behind); telling its members they may have missed messages"
+                    );
+                    self.metrics.inbox_overflows.inc();
+                    for channel in self.hub.channels() {
+                        self.hub
+                            .gap(&channel, "this node fell behind and some messages may have been dropped");
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => tracing::debug!(error = %e, "checking the inbox overflow flag failed"),
             }
         }
     }
@@ -100,25 +163,30 @@ impl Upkeep {
     /// Registers this edge's memberships again and hands every local
     /// subscriber what was stored meanwhile (messages since `since_ms`), in
     /// order, without duplicates: subscribers buffer live events while the
-    /// gap is read from history, exactly as a join with `since` does.
+    /// gap is read from history, exactly as a join with `since` does. When
+    /// the history cannot vouch for completeness (Redis lost it, or the read
+    /// failed), subscribers get a `gap` push first.
     async fn resync(&self, since_ms: u64) {
         let channels = self.hub.channels();
         for c in &channels {
             self.hub.pause(c);
         }
         let memberships = channels.iter().map(|c| (c.clone(), self.hub.local_users(c))).collect();
-        self.cluster.reregister(memberships).await;
-        let since =
-            shardchat_common::MessageId::new(since_ms.saturating_sub(self.node_ttl.as_millis() as u64), 0);
+        self.router.reregister(memberships).await;
+        let since = MessageId::new(since_ms.saturating_sub(self.node_ttl.as_millis() as u64), 0);
         for channel in &channels {
-            let backlog = match self.history.after(channel, since).await {
-                Ok(recovery) => recovery.messages,
+            match self.history.after(channel, since).await {
+                Ok(recovery) if recovery.complete => self.hub.resume(channel, &recovery.messages, None),
+                Ok(recovery) => self.hub.resume(
+                    channel,
+                    &recovery.messages,
+                    Some("Redis lost data; messages sent meanwhile may be missing"),
+                ),
                 Err(e) => {
                     tracing::warn!(%channel, error = %e, "reading history while resynchronising failed");
-                    Vec::new()
+                    self.hub.resume(channel, &[], Some("history could not be read after Redis restarted"));
                 }
-            };
-            self.hub.resume(channel, &backlog);
+            }
         }
     }
 
@@ -127,7 +195,7 @@ impl Upkeep {
         let edges: Vec<String> =
             self.redis.client.smembers(self.redis.keys.edges()).await.unwrap_or_default();
         let mine = format!("{}#", self.node_id);
-        for old in edges.iter().filter(|e| e.starts_with(&mine) && **e != **self.cluster.edge_id()) {
+        for old in edges.iter().filter(|e| e.starts_with(&mine) && **e != **self.router.edge_id()) {
             let _: Result<i64, _> = self.redis.client.del(self.redis.keys.alive(old)).await;
         }
     }
@@ -149,7 +217,7 @@ impl Upkeep {
         let owned = active.iter().filter(|c| self.ring.is_mine(c)).count();
         self.metrics.channels_owned.set(owned as i64);
         let edges: Vec<String> = r.client.smembers(r.keys.edges()).await?;
-        for edge in edges.iter().filter(|e| **e != **self.cluster.edge_id()) {
+        for edge in edges.iter().filter(|e| **e != **self.router.edge_id()) {
             let alive: i64 = r.client.exists(r.keys.alive(edge)).await?;
             if alive == 1 {
                 continue;
@@ -161,7 +229,7 @@ impl Upkeep {
             }
             for c in channels.iter().filter_map(|c| ChannelName::new(c).ok()) {
                 if self.ring.is_mine(c.as_str()) {
-                    match self.cluster.backend().drop_edge(&c, edge).await {
+                    match self.router.backend().drop_edge(&c, edge).await {
                         Ok(n) if n > 0 => {
                             tracing::info!(channel = %c, %edge, members = n, "removed members of a dead node")
                         }
@@ -174,6 +242,31 @@ impl Upkeep {
             }
         }
         Ok(())
+    }
+
+    /// Deletes the inbox of every node that is not in the ring and has not
+    /// sent a heartbeat for [`DEPARTED_NODE_GRACE`].
+    async fn forget_departed_nodes(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let r = &self.redis;
+            let nodes: std::collections::HashMap<String, u64> = match r.client.hgetall(r.keys.nodes()).await {
+                Ok(n) => n,
+                Err(_) => continue,
+            };
+            let ring = self.ring.get();
+            let now = now_ms();
+            for (node, last) in nodes {
+                let departed = now.saturating_sub(last) > DEPARTED_NODE_GRACE.as_millis() as u64;
+                if departed && !ring.contains(&node) && node != *self.node_id {
+                    tracing::info!(%node, "deleting the inbox of a node that left the ring");
+                    let _: Result<i64, _> = r.client.del((r.keys.inbox(&node), r.keys.overflow(&node))).await;
+                    let _: Result<i64, _> = r.client.hdel(r.keys.nodes(), node.as_str()).await;
+                }
+            }
+        }
     }
 
     async fn follow_config(self: Arc<Self>) {

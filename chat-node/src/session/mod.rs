@@ -12,21 +12,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesOrdered;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use shardchat_common::ChannelName;
-use shardchat_common::protocol::{ErrorBody, ErrorCode, Reply, ServerFrame, parse_request};
-use tokio::sync::mpsc;
+use shardchat_common::protocol::{ErrorBody, ErrorCode, Reply, Request, ServerFrame, parse_request};
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::error::ChatError;
+use crate::error::{ChatError, ChatResult};
 use crate::node::Node;
 pub use identity::Identity;
 use limits::ConnectionLimits;
 pub(crate) use ops::{check_content, clamp_limit};
-use outbound::{CloseReason, CloseSignal, Outbound, SessionHandle};
+use outbound::{CloseReason, CloseSignal, Outbound, OutboundRx, SessionHandle};
 
 /// Close sent when the session's token expires.
 const TOKEN_EXPIRED: CloseReason =
@@ -34,6 +36,9 @@ const TOKEN_EXPIRED: CloseReason =
 
 /// How long the server waits for its side of a closing handshake.
 const CLOSE_HANDSHAKE: Duration = Duration::from_secs(2);
+
+/// Publishes of one connection on their way to the owner, answered in order.
+type InFlight = FuturesOrdered<BoxFuture<'static, (Option<Value>, ChatResult<Reply>)>>;
 
 /// State of one connection, owned by its reader.
 pub struct Session {
@@ -70,7 +75,11 @@ pub async fn run(node: Arc<Node>, socket: WebSocket, identity: Identity) {
                 // Closing handshake: the writer sends our close frame, then we
                 // wait (briefly) for the client's, so it reads the code before
                 // the TCP connection goes away.
-                if tokio::time::timeout(CLOSE_HANDSHAKE, &mut writer).await.is_err() {
+                // A slow consumer's close frame waits behind the data its socket
+                // still holds: give it as long as any write may take.
+                let grace =
+                    if r == CloseReason::SLOW_CONSUMER { node.config.idle_timeout } else { CLOSE_HANDSHAKE };
+                if tokio::time::timeout(grace, &mut writer).await.is_err() {
                     writer.abort();
                 }
                 let _ = tokio::time::timeout(CLOSE_HANDSHAKE, async {
@@ -116,9 +125,12 @@ impl Session {
         if *drain.borrow_and_update() {
             self.handle.close(CloseReason::SHUTDOWN);
         }
+        let mut in_flight: InFlight = FuturesOrdered::new();
+        let max_in_flight = self.node.config.max_inflight_publishes.max(1);
         loop {
             tokio::select! {
                 _ = close.closed() => return,
+                Some((id, result)) = in_flight.next(), if !in_flight.is_empty() => self.answer(id, result),
                 Ok(()) = drain.changed() => self.handle.close(CloseReason::SHUTDOWN),
                 () = &mut expiry, if !expired => {
                     expired = true;
@@ -131,11 +143,12 @@ impl Session {
                         self.handle.close(CloseReason::IDLE);
                     }
                 }
-                frame = stream.next() => {
+                // A connection with its pipeline full is not read until a reply frees a slot.
+                frame = stream.next(), if in_flight.len() < max_in_flight => {
                     let Some(frame) = frame else { return };
                     last_seen = Instant::now();
                     match frame {
-                        Ok(Message::Text(text)) => self.handle_text(&text).await,
+                        Ok(Message::Text(text)) => self.handle_text(&text, &mut in_flight).await,
                         Ok(Message::Binary(_)) => self.send_error(
                             None,
                             ChatError::bad_request("binary frames are not supported; send JSON text frames"),
@@ -154,7 +167,7 @@ impl Session {
         }
     }
 
-    async fn handle_text(&mut self, text: &str) {
+    async fn handle_text(&mut self, text: &str, in_flight: &mut InFlight) {
         let (id, request) = match parse_request(text) {
             Ok(parsed) => parsed,
             Err(rejected) => return self.send_error(rejected.id, rejected.error.into()),
@@ -164,10 +177,38 @@ impl Session {
         }
         let op = request.op();
         let span = tracing::debug_span!("request", op, id = ?id);
+        if let Request::Publish { channel, text, meta, nonce } = request {
+            // Publishes are pipelined: queued with the owner now, answered in
+            // request order as their results come in.
+            let reply = span.in_scope(|| ops::publish::start(self, channel, text, meta, nonce));
+            match reply {
+                Ok(reply) => in_flight.push_back(async move { (id, reply.await) }.instrument(span).boxed()),
+                Err(e) if in_flight.is_empty() => self.answer(id, Err(e)),
+                Err(e) => in_flight.push_back(futures_util::future::ready((id, Err(e))).boxed()),
+            }
+            return;
+        }
+        // Anything else sees the effects of the publishes before it.
+        while let Some((id, result)) = in_flight.next().await {
+            self.answer(id, result);
+        }
         let result = ops::handle(self, id.clone(), request).instrument(span).await;
         match result {
             Ok(Some(reply)) => self.send_frame(&ServerFrame::Reply(reply)),
             Ok(None) => {}
+            Err(e) if e.code == ErrorCode::RateLimited => self.rate_limited(id, e),
+            Err(e) => self.send_error(id, e),
+        }
+    }
+
+    /// Sends the reply to a pipelined request (none for a success without `id`).
+    fn answer(&mut self, id: Option<Value>, result: ChatResult<Reply>) {
+        match result {
+            Ok(reply) => {
+                if let Some(id) = id {
+                    self.send_frame(&ServerFrame::Reply(Reply { id, ..reply }));
+                }
+            }
             Err(e) if e.code == ErrorCode::RateLimited => self.rate_limited(id, e),
             Err(e) => self.send_error(id, e),
         }
@@ -204,9 +245,7 @@ impl Session {
     }
 }
 
-pub(crate) fn encode(frame: &ServerFrame) -> Utf8Bytes {
-    Utf8Bytes::from(serde_json::to_string(frame).unwrap_or_default())
-}
+pub(crate) use crate::frames::encode;
 
 /// Maps a WebSocket read error to the close the server should send, or
 /// `None` when the connection is simply gone.
@@ -239,7 +278,7 @@ async fn feed(sink: &mut SplitSink<WebSocket, Message>, item: Outbound) -> Resul
 
 async fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
-    mut rx: mpsc::Receiver<Outbound>,
+    mut rx: OutboundRx,
     close: Arc<CloseSignal>,
     ping_interval: Duration,
     write_timeout: Duration,
@@ -253,7 +292,7 @@ async fn write_loop(
                     // The `unauthorized` push was queued just before: deliver
                     // what is queued so the client learns why, then close.
                     let _ = tokio::time::timeout(write_timeout, async {
-                        while let Ok(item) = rx.try_recv() {
+                        while let Some(item) = rx.try_recv() {
                             feed(&mut sink, item).await?;
                         }
                         sink.flush().await
@@ -267,17 +306,25 @@ async fn write_loop(
             item = rx.recv() => match item {
                 // Write what is queued (up to a bound) with one flush: a busy
                 // connection gets few large writes instead of one syscall per frame.
-                Some(item) => tokio::time::timeout(write_timeout, async {
-                    feed(&mut sink, item).await?;
-                    for _ in 0..MAX_FRAMES_PER_FLUSH {
-                        match rx.try_recv() {
-                            Ok(item) => feed(&mut sink, item).await?,
-                            Err(_) => break,
+                Some(item) => {
+                    let write = tokio::time::timeout(write_timeout, async {
+                        feed(&mut sink, item).await?;
+                        for _ in 0..MAX_FRAMES_PER_FLUSH {
+                            match rx.try_recv() {
+                                Some(item) => feed(&mut sink, item).await?,
+                                None => break,
+                            }
                         }
+                        sink.flush().await
+                    });
+                    // A close (e.g. slow consumer) interrupts a write blocked on a full
+                    // socket: what is not written yet is dropped and the close frame goes next.
+                    tokio::select! {
+                        biased;
+                        _ = close.closed() => continue,
+                        written = write => written,
                     }
-                    sink.flush().await
-                })
-                .await,
+                }
                 None => return,
             },
             _ = ping.tick() => tokio::time::timeout(write_timeout, sink.send(Message::Ping(Default::default()))).await,

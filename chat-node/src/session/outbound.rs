@@ -1,10 +1,13 @@
 //! The bounded queue between the node and one client connection.
 //!
-//! Producers (fan-out, replies) never wait: `try_send` either queues the
-//! frame or, when the queue is full, marks the connection as a slow consumer
-//! and asks its writer to close it. One slow client therefore can neither
-//! grow memory without bound nor stall delivery to anyone else.
+//! Producers (fan-out, replies) never wait: `send` either queues the frames
+//! or, when the connection already has `capacity` frames waiting, marks it
+//! as a slow consumer and asks its writer to close it. One slow client
+//! therefore can neither grow memory without bound nor stall delivery to
+//! anyone else. The bound counts frames, not queue items: a burst delivered
+//! as one item of many frames counts as many.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use axum::extract::ws::Utf8Bytes;
@@ -16,8 +19,18 @@ use shardchat_common::protocol::close_code;
 #[derive(Debug)]
 pub enum Outbound {
     Frame(Utf8Bytes),
-    /// Several frames that must stay together (a join reply and its recovery backlog).
+    /// Several frames that stay together (a join reply and its recovery
+    /// backlog; a burst of fan-out), written with one flush.
     Batch(Vec<Utf8Bytes>),
+}
+
+impl Outbound {
+    fn frames(&self) -> usize {
+        match self {
+            Outbound::Frame(_) => 1,
+            Outbound::Batch(frames) => frames.len(),
+        }
+    }
 }
 
 /// Why the server closes a connection.
@@ -92,32 +105,62 @@ impl CloseSignal {
 pub struct SessionHandle {
     pub id: u64,
     pub user: Arc<str>,
-    tx: mpsc::Sender<Outbound>,
+    tx: mpsc::UnboundedSender<Outbound>,
+    /// Frames queued and not yet taken by the writer.
+    queued: Arc<AtomicUsize>,
+    capacity: usize,
     close: Arc<CloseSignal>,
 }
 
+/// The writer's end of a connection's queue.
+pub struct OutboundRx {
+    rx: mpsc::UnboundedReceiver<Outbound>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl OutboundRx {
+    fn taken(&self, item: Outbound) -> Outbound {
+        self.queued.fetch_sub(item.frames(), Ordering::AcqRel);
+        item
+    }
+
+    pub async fn recv(&mut self) -> Option<Outbound> {
+        let item = self.rx.recv().await?;
+        Some(self.taken(item))
+    }
+
+    pub fn try_recv(&mut self) -> Option<Outbound> {
+        let item = self.rx.try_recv().ok()?;
+        Some(self.taken(item))
+    }
+}
+
 impl SessionHandle {
-    pub fn new(
-        id: u64,
-        user: Arc<str>,
-        capacity: usize,
-    ) -> (Self, mpsc::Receiver<Outbound>, Arc<CloseSignal>) {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
+    pub fn new(id: u64, user: Arc<str>, capacity: usize) -> (Self, OutboundRx, Arc<CloseSignal>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let queued = Arc::new(AtomicUsize::new(0));
         let close = Arc::new(CloseSignal::default());
-        (Self { id, user, tx, close: close.clone() }, rx, close)
+        let handle =
+            Self { id, user, tx, queued: queued.clone(), capacity: capacity.max(1), close: close.clone() };
+        (handle, OutboundRx { rx, queued }, close)
     }
 
     /// Queues `item`; returns false (and closes the connection as a slow
-    /// consumer) when the queue is full, or false when it is already gone.
+    /// consumer) when that would put more than `capacity` frames in the
+    /// queue, or false when the connection is already gone.
     pub fn send(&self, item: Outbound) -> bool {
-        match self.tx.try_send(item) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.close.close(CloseReason::SLOW_CONSUMER);
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        let frames = item.frames();
+        let before = self.queued.fetch_add(frames, Ordering::AcqRel);
+        if before + frames > self.capacity {
+            self.queued.fetch_sub(frames, Ordering::AcqRel);
+            self.close.close(CloseReason::SLOW_CONSUMER);
+            return false;
         }
+        if self.tx.send(item).is_err() {
+            self.queued.fetch_sub(frames, Ordering::AcqRel);
+            return false;
+        }
+        true
     }
 
     pub fn close(&self, reason: CloseReason) {
@@ -144,5 +187,18 @@ mod tests {
         h.close(CloseReason::SHUTDOWN);
         assert_eq!(close.closed().await, CloseReason::SLOW_CONSUMER);
         assert!(matches!(rx.recv().await, Some(Outbound::Frame(f)) if f.as_str() == "a"));
+    }
+
+    #[tokio::test]
+    async fn the_bound_counts_frames_not_items() {
+        let (h, mut rx, close) = SessionHandle::new(1, Arc::from("u"), 3);
+        assert!(h.send(Outbound::Batch(vec!["a".into(), "b".into()])));
+        assert!(!h.send(Outbound::Batch(vec!["c".into(), "d".into()])), "4 frames > 3");
+        assert_eq!(close.reason(), Some(CloseReason::SLOW_CONSUMER));
+        // What the writer takes frees room again.
+        assert!(matches!(rx.recv().await, Some(Outbound::Batch(f)) if f.len() == 2));
+        let (h, _rx, close) = SessionHandle::new(2, Arc::from("u"), 3);
+        assert!(h.send(Outbound::Batch(vec!["a".into(), "b".into(), "c".into()])));
+        assert!(close.reason().is_none());
     }
 }

@@ -17,10 +17,7 @@ pub async fn handle(
     readable_config(session, &channel)?;
     let limit = clamp_limit(limit);
     let messages = session.node.history.latest(&channel, limit, before).await?;
-    Ok(Reply {
-        messages: Some(messages.iter().map(|m| m.message.clone()).collect()),
-        ..Reply::ok(Value::Null)
-    })
+    Ok(Reply { messages: Some(messages), ..Reply::ok(Value::Null) })
 }
 
 /// `limit` defaults to 50 and is capped at 1,000.

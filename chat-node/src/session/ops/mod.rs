@@ -4,7 +4,7 @@ mod history;
 mod join;
 pub mod leave;
 mod ping;
-mod publish;
+pub mod publish;
 
 pub use history::clamp_limit;
 pub use publish::check_content;
@@ -25,7 +25,9 @@ pub async fn handle(session: &mut Session, id: Option<Value>, request: Request) 
             return join::handle(session, id, channel, since).await.map(|()| None);
         }
         Request::Leave { channel } => leave::handle(session, channel).await?,
-        Request::Publish { channel, text, meta } => publish::handle(session, channel, text, meta).await?,
+        Request::Publish { channel, text, meta, nonce } => {
+            publish::start(session, channel, text, meta, nonce)?.await?
+        }
         Request::History { channel, limit, before } => {
             history::handle(session, channel, limit, before).await?
         }

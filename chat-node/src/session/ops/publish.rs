@@ -1,20 +1,27 @@
 //! `publish`: checks the sender's side of the rules, then hands the message
 //! to the channel owner, which moderates, sequences and fans it out.
 
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
 use serde_json::{Map, Value};
 use shardchat_common::ChannelName;
-use shardchat_common::protocol::{ErrorCode, MAX_META_BYTES, MAX_META_DEPTH, MAX_TEXT_CHARS, Reply};
+use shardchat_common::protocol::{ErrorCode, MAX_META_BYTES, MAX_META_DEPTH, MAX_TEXT_CHARS, Nonce, Reply};
 
 use crate::error::{ChatError, ChatResult};
 use crate::owner::PublishRequest;
 use crate::session::Session;
 
-pub async fn handle(
+/// Checks the sender's side of the rules and queues the publish with the
+/// owner; the returned future resolves to the reply. The message's place in
+/// the channel is taken when this returns, so a connection can pipeline
+/// publishes and they keep their order.
+pub fn start(
     session: &mut Session,
     channel: ChannelName,
     text: String,
     meta: Option<Map<String, Value>>,
-) -> ChatResult<Reply> {
+    nonce: Option<Nonce>,
+) -> ChatResult<BoxFuture<'static, ChatResult<Reply>>> {
     if !session.joined.contains(&channel) || !session.node.hub.is_subscribed(&channel, session.handle.id) {
         // (not subscribed any more: the channel was closed under us)
         session.joined.remove(&channel);
@@ -26,9 +33,13 @@ pub async fn handle(
     }
     check_content(&text, meta.as_ref())?;
     session.limits.admit_publish()?;
-    let req = PublishRequest { channel, from: session.identity.user.clone(), text, meta };
-    let id = session.node.cluster.publish(req).await?;
-    Ok(Reply { message_id: Some(id), ..Reply::ok(Value::Null) })
+    let req = PublishRequest { channel, from: session.identity.user.clone(), text, meta, nonce };
+    let published = session.node.cluster.publish(req);
+    Ok(async move {
+        let p = published.await?;
+        Ok(Reply { message_id: Some(p.id), duplicate: p.duplicate.then_some(true), ..Reply::ok(Value::Null) })
+    }
+    .boxed())
 }
 
 /// Size and shape rules for a message, shared by WebSocket and REST publishing.

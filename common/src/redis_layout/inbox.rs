@@ -1,0 +1,376 @@
+//! Entries of a node's inbox stream `{p}:inbox:<node>`.
+//!
+//! Field `k` says what an entry is. Owners write fan-out entries from Lua
+//! (`msgs`, `pres`, `closed`); edges and owners write request and ack
+//! bundles (`reqs`, `acks`: many requests or acks in one entry, JSON in
+//! field `d`); the operator writes `close`. docs/redis-layout.md describes
+//! every field.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::protocol::{ErrorBody, ErrorCode, PresenceEvent};
+use crate::{ChannelName, MessageId};
+
+/// One message of a `msgs` entry: its id, the owner's accept time, and the
+/// push frame exactly as clients receive it (built once, by the owner).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FannedMessage {
+    pub id: MessageId,
+    /// Owner's accept time, µs since the Unix epoch (for the latency metric).
+    pub accepted_micros: u64,
+    /// `{"op":"message",...}`, serialized.
+    pub push: String,
+}
+
+/// What an edge asks a channel's owner to do.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "k")]
+pub enum RequestKind {
+    #[serde(rename = "pub")]
+    Publish {
+        #[serde(rename = "x")]
+        text: String,
+        #[serde(rename = "m", default, skip_serializing_if = "Option::is_none")]
+        meta: Option<Map<String, Value>>,
+        /// The client's idempotency key, when it sent one.
+        #[serde(rename = "n", default, skip_serializing_if = "Option::is_none")]
+        nonce: Option<String>,
+    },
+    #[serde(rename = "join")]
+    Join,
+    #[serde(rename = "leave")]
+    Leave,
+}
+
+/// A request from an edge to a channel's owner.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OwnerRequest {
+    /// Unique per request: `<edge>:<n>`.
+    #[serde(rename = "r")]
+    pub req: String,
+    /// Edge id (`<node>#<incarnation>`) to answer, and to record membership for.
+    #[serde(rename = "e")]
+    pub edge: String,
+    #[serde(rename = "c")]
+    pub channel: ChannelName,
+    #[serde(rename = "u")]
+    pub user: String,
+    /// Redis-clock milliseconds after which the owner must not act on it
+    /// (checked inside the commit script against Redis's `TIME`).
+    #[serde(rename = "dl")]
+    pub deadline_ms: u64,
+    /// Forwards so far (a request for a channel that moved).
+    #[serde(rename = "h", default)]
+    pub hops: u32,
+    #[serde(flatten)]
+    pub kind: RequestKind,
+}
+
+/// The owner's answer to one request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ack {
+    pub req: String,
+    pub result: Result<AckValue, ErrorBody>,
+}
+
+/// A successful answer: a message id (publish), a member count (join), or
+/// empty (leave).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct AckValue {
+    pub value: String,
+    /// Publish only: the nonce matched an earlier publish; nothing new was stored.
+    pub duplicate: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireAck {
+    r: String,
+    ok: bool,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    v: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    dup: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    code: Option<ErrorCode>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    msg: String,
+}
+
+impl From<&Ack> for WireAck {
+    fn from(a: &Ack) -> Self {
+        match &a.result {
+            Ok(v) => WireAck {
+                r: a.req.clone(),
+                ok: true,
+                v: v.value.clone(),
+                dup: v.duplicate,
+                code: None,
+                msg: String::new(),
+            },
+            Err(e) => WireAck {
+                r: a.req.clone(),
+                ok: false,
+                v: String::new(),
+                dup: false,
+                code: Some(e.code),
+                msg: e.message.clone(),
+            },
+        }
+    }
+}
+
+impl From<WireAck> for Ack {
+    fn from(w: WireAck) -> Self {
+        let result = if w.ok {
+            Ok(AckValue { value: w.v, duplicate: w.dup })
+        } else {
+            Err(ErrorBody::new(w.code.unwrap_or(ErrorCode::Unavailable), w.msg))
+        };
+        Ack { req: w.r, result }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireClose {
+    channel: ChannelName,
+    #[serde(default)]
+    reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum InboxEntry {
+    /// Owner → every node with members: messages of one channel, in id order.
+    Messages { channel: ChannelName, messages: Vec<FannedMessage> },
+    /// Owner → every node with members: a user joined or left.
+    Presence { channel: ChannelName, event: PresenceEvent, user: String },
+    /// Edge → owner (or owner → new owner, forwarding).
+    Requests(Vec<OwnerRequest>),
+    /// Owner → edge.
+    Acks(Vec<Ack>),
+    /// Operator → owner: close this channel.
+    Close { channel: ChannelName, reason: String },
+    /// Owner → every node with members: the channel is closed; drop its local members.
+    Closed { channel: ChannelName, reason: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed inbox entry: {0}")]
+pub struct MalformedEntry(pub String);
+
+fn field<'a, S: AsRef<str>>(fields: &'a [(S, S)], name: &str) -> Result<&'a str, MalformedEntry> {
+    fields
+        .iter()
+        .find(|(k, _)| k.as_ref() == name)
+        .map(|(_, v)| v.as_ref())
+        .ok_or_else(|| MalformedEntry(format!("missing field {name:?}")))
+}
+
+fn channel<S: AsRef<str>>(fields: &[(S, S)]) -> Result<ChannelName, MalformedEntry> {
+    ChannelName::new(field(fields, "c")?).map_err(|e| MalformedEntry(e.to_string()))
+}
+
+fn json<T: serde::de::DeserializeOwned, S: AsRef<str>>(fields: &[(S, S)]) -> Result<T, MalformedEntry> {
+    serde_json::from_str(field(fields, "d")?).map_err(|e| MalformedEntry(e.to_string()))
+}
+
+fn to_json<T: Serialize>(value: &T) -> String {
+    // Plain data structures with string keys: serialization cannot fail.
+    serde_json::to_string(value).unwrap_or_default()
+}
+
+impl InboxEntry {
+    /// Parses an entry's fields, in stream order (names may repeat).
+    pub fn decode<S: AsRef<str>>(fields: &[(S, S)]) -> Result<InboxEntry, MalformedEntry> {
+        let kind = field(fields, "k")?;
+        Ok(match kind {
+            "msgs" => {
+                let channel = channel(fields)?;
+                let mut messages = Vec::new();
+                let mut current: Option<(MessageId, u64)> = None;
+                for (k, v) in fields {
+                    match k.as_ref() {
+                        "i" => {
+                            let id = v
+                                .as_ref()
+                                .parse()
+                                .map_err(|e: crate::InvalidMessageId| MalformedEntry(e.to_string()))?;
+                            current = Some((id, 0));
+                        }
+                        "t" => {
+                            if let Some((_, t)) = current.as_mut() {
+                                *t = v.as_ref().parse().unwrap_or(0);
+                            }
+                        }
+                        "p" => {
+                            let (id, accepted_micros) = current
+                                .take()
+                                .ok_or_else(|| MalformedEntry("push without a message id".into()))?;
+                            messages.push(FannedMessage {
+                                id,
+                                accepted_micros,
+                                push: v.as_ref().to_string(),
+                            });
+                        }
+                        _ => {}
+                    }
+                }
+                InboxEntry::Messages { channel, messages }
+            }
+            "pres" => InboxEntry::Presence {
+                channel: channel(fields)?,
+                event: match field(fields, "e")? {
+                    "join" => PresenceEvent::Join,
+                    "leave" => PresenceEvent::Leave,
+                    other => return Err(MalformedEntry(format!("presence event {other:?}"))),
+                },
+                user: field(fields, "u")?.to_string(),
+            },
+            "reqs" => InboxEntry::Requests(json(fields)?),
+            "acks" => InboxEntry::Acks(json::<Vec<WireAck>, S>(fields)?.into_iter().map(Ack::from).collect()),
+            "close" => {
+                let c: WireClose = json(fields)?;
+                InboxEntry::Close { channel: c.channel, reason: c.reason }
+            }
+            "closed" => InboxEntry::Closed {
+                channel: channel(fields)?,
+                reason: field(fields, "r").unwrap_or_default().to_string(),
+            },
+            other => {
+                return Err(MalformedEntry(format!(
+                    "unknown kind {:?}",
+                    other.chars().take(16).collect::<String>()
+                )));
+            }
+        })
+    }
+
+    /// The entry's fields, for `XADD`.
+    pub fn encode(&self) -> Vec<(&'static str, String)> {
+        match self {
+            InboxEntry::Messages { channel, messages } => {
+                let mut f = Vec::with_capacity(2 + 3 * messages.len());
+                f.push(("k", "msgs".to_string()));
+                f.push(("c", channel.to_string()));
+                for m in messages {
+                    f.push(("i", m.id.to_string()));
+                    f.push(("t", m.accepted_micros.to_string()));
+                    f.push(("p", m.push.clone()));
+                }
+                f
+            }
+            InboxEntry::Presence { channel, event, user } => vec![
+                ("k", "pres".into()),
+                ("c", channel.to_string()),
+                (
+                    "e",
+                    match event {
+                        PresenceEvent::Join => "join",
+                        PresenceEvent::Leave => "leave",
+                    }
+                    .into(),
+                ),
+                ("u", user.clone()),
+            ],
+            InboxEntry::Requests(reqs) => vec![("k", "reqs".into()), ("d", to_json(reqs))],
+            InboxEntry::Acks(acks) => {
+                let wire: Vec<WireAck> = acks.iter().map(WireAck::from).collect();
+                vec![("k", "acks".into()), ("d", to_json(&wire))]
+            }
+            InboxEntry::Close { channel, reason } => vec![
+                ("k", "close".into()),
+                ("d", to_json(&WireClose { channel: channel.clone(), reason: reason.clone() })),
+            ],
+            InboxEntry::Closed { channel, reason } => {
+                vec![("k", "closed".into()), ("c", channel.to_string()), ("r", reason.clone())]
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owned(f: Vec<(&'static str, String)>) -> Vec<(String, String)> {
+        f.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+    }
+
+    fn round_trip(e: InboxEntry) {
+        assert_eq!(InboxEntry::decode(&owned(e.encode())).unwrap(), e);
+    }
+
+    fn name(s: &str) -> ChannelName {
+        ChannelName::new(s).unwrap()
+    }
+
+    #[test]
+    fn every_kind_round_trips() {
+        round_trip(InboxEntry::Messages {
+            channel: name("town-137"),
+            messages: vec![
+                FannedMessage { id: MessageId::new(5, 0), accepted_micros: 7, push: "{\"a\":1}".into() },
+                FannedMessage { id: MessageId::new(5, 1), accepted_micros: 8, push: "{}".into() },
+            ],
+        });
+        round_trip(InboxEntry::Presence {
+            channel: name("c"),
+            event: PresenceEvent::Leave,
+            user: "u".into(),
+        });
+        let mut meta = Map::new();
+        meta.insert("k".into(), Value::from(1));
+        round_trip(InboxEntry::Requests(vec![
+            OwnerRequest {
+                req: "n0#a:1".into(),
+                edge: "n0#a".into(),
+                channel: name("c"),
+                user: "u".into(),
+                deadline_ms: 99,
+                hops: 1,
+                kind: RequestKind::Publish { text: "hi".into(), meta: Some(meta), nonce: Some("x-1".into()) },
+            },
+            OwnerRequest {
+                req: "n0#a:2".into(),
+                edge: "n0#a".into(),
+                channel: name("c"),
+                user: "u".into(),
+                deadline_ms: 99,
+                hops: 0,
+                kind: RequestKind::Join,
+            },
+        ]));
+        round_trip(InboxEntry::Acks(vec![
+            Ack { req: "r1".into(), result: Ok(AckValue { value: "5-0".into(), duplicate: true }) },
+            Ack { req: "r2".into(), result: Ok(AckValue::default()) },
+            Ack { req: "r3".into(), result: Err(ErrorBody::new(ErrorCode::ChannelFull, "full")) },
+        ]));
+        round_trip(InboxEntry::Close { channel: name("c"), reason: "deleted".into() });
+        round_trip(InboxEntry::Closed { channel: name("c"), reason: "deleted".into() });
+    }
+
+    #[test]
+    fn the_operators_close_request_keeps_its_format() {
+        let f = owned(InboxEntry::Close { channel: name("town-137"), reason: "deleted".into() }.encode());
+        assert_eq!(f[1].1, r#"{"channel":"town-137","reason":"deleted"}"#);
+    }
+
+    #[test]
+    fn malformed_entries_are_errors_not_panics() {
+        let cases: Vec<Vec<(&str, &str)>> = vec![
+            vec![],
+            vec![("k", "msgs")],
+            vec![("k", "msgs"), ("c", "bad name")],
+            vec![("k", "msgs"), ("c", "ok"), ("i", "x")],
+            vec![("k", "msgs"), ("c", "ok"), ("p", "{}")],
+            vec![("k", "pres"), ("c", "ok"), ("e", "dance"), ("u", "u")],
+            vec![("k", "reqs"), ("d", "[{}]")],
+            vec![("k", "acks"), ("d", "nope")],
+            vec![("k", "close"), ("d", "{")],
+            vec![("k", "zzz")],
+        ];
+        for f in cases {
+            assert!(InboxEntry::decode(&f).is_err(), "{f:?}");
+        }
+    }
+}
