@@ -48,9 +48,16 @@ pub struct Config {
     #[arg(long, env = "CHAT_NODE_TTL", value_parser = parse_duration, default_value = "10s")]
     pub node_ttl: Duration,
 
-    /// Approximate cap on each node's inbox stream.
+    /// Approximate cap on each node's inbox stream (entries not read yet; read
+    /// ones are deleted). A node that falls this far behind loses the oldest
+    /// and tells its members (`gap` push).
     #[arg(long, env = "CHAT_INBOX_MAXLEN", default_value_t = 100_000)]
     pub inbox_maxlen: u64,
+
+    /// The inbox of a node that left the ring is deleted once it has sent no
+    /// heartbeat for this long.
+    #[arg(long, env = "CHAT_FORGET_NODES_AFTER", value_parser = parse_duration, default_value = "15m")]
+    pub forget_nodes_after: Duration,
 
     /// How long a publish's `nonce` is remembered: a publish repeating a
     /// (channel, sender, nonce) within it stores nothing and gets the first

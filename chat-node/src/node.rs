@@ -171,6 +171,7 @@ impl Node {
                     inbox_health,
                     file_channels,
                     node_ttl: config.node_ttl.max(Duration::from_millis(500)),
+                    forget_nodes_after: config.forget_nodes_after,
                 })
                 .spawn();
                 (router, history)

@@ -257,3 +257,63 @@ async fn join_since_zero_recovers_everything_retained() {
         json!(true)
     );
 }
+
+#[tokio::test]
+async fn pipelined_publishes_get_one_reply_each_in_request_order() {
+    let node = TestNode::start(FAST).await;
+    let mut a = node.connect("alice").await;
+    a.join("pipe").await;
+    for n in 1..=300u64 {
+        let text = format!("p{n}");
+        a.send_json(json!({"op":"publish","id":n,"channel":"pipe","text":text})).await;
+    }
+    // A request of another kind waits for the publishes before it.
+    a.send_json(json!({"op":"ping","id":"after"})).await;
+    let mut replies = Vec::new();
+    while replies.len() < 301 {
+        replies.push(a.next_op("reply").await);
+    }
+    let ids: Vec<Value> = replies.iter().map(|r| r["id"].clone()).collect();
+    let mut expected: Vec<Value> = (1..=300u64).map(|n| json!(n)).collect();
+    expected.push(json!("after"));
+    assert_eq!(ids, expected, "exactly one reply per id, in request order");
+    let message_ids: Vec<(u64, u64)> =
+        replies[..300].iter().map(|r| id_of(&json!({"id": r["message_id"]}))).collect();
+    assert!(message_ids.windows(2).all(|w| w[0] < w[1]), "stored in the order sent");
+    let texts: Vec<String> =
+        a.messages(300).await.iter().map(|m| m["text"].as_str().unwrap_or("").to_string()).collect();
+    assert_eq!(texts, (1..=300).map(|n| format!("p{n}")).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn an_invalid_publish_in_a_pipeline_gets_its_error_in_order() {
+    let node = TestNode::start(FAST).await;
+    let mut a = node.connect("alice").await;
+    a.join("pipe").await;
+    a.send_json(json!({"op":"publish","id":1,"channel":"pipe","text":"one"})).await;
+    a.send_json(json!({"op":"publish","id":2,"channel":"elsewhere","text":"not joined"})).await;
+    a.send_json(json!({"op":"publish","id":3,"channel":"pipe","text":"three"})).await;
+    let replies = [a.next_op("reply").await, a.next_op("reply").await, a.next_op("reply").await];
+    assert_eq!(replies.iter().map(|r| r["id"].clone()).collect::<Vec<_>>(), [json!(1), json!(2), json!(3)]);
+    assert_eq!(replies[1]["error"]["code"], "not_joined");
+    assert_eq!(replies[2]["ok"], json!(true));
+}
+
+#[tokio::test]
+async fn a_retried_nonce_returns_the_first_id_and_stores_once() {
+    let node = TestNode::start(FAST).await;
+    let mut a = node.connect("alice").await;
+    a.join("n").await;
+    let first = a.ok(json!({"op":"publish","channel":"n","text":"hi","nonce":"k-1"})).await;
+    let again = a.ok(json!({"op":"publish","channel":"n","text":"hi","nonce":"k-1"})).await;
+    assert_eq!(again["message_id"], first["message_id"]);
+    assert_eq!(again["duplicate"], json!(true));
+    assert!(first.get("duplicate").is_none());
+    let bad = a.request(json!({"op":"publish","channel":"n","text":"hi","nonce":"no spaces"})).await;
+    assert_eq!(bad["error"]["code"], "bad_request");
+    let history = a.ok(json!({"op":"history","channel":"n"})).await;
+    assert_eq!(history["messages"].as_array().map(Vec::len), Some(1), "{history}");
+    // Members got it once.
+    assert_eq!(a.messages(1).await[0]["text"], "hi");
+    a.assert_silent(Duration::from_millis(200)).await;
+}

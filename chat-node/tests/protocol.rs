@@ -248,3 +248,16 @@ async fn every_error_code_is_exported_as_a_metric() {
         );
     }
 }
+
+#[tokio::test]
+async fn channels_created_on_demand_are_bounded_in_embedded_mode_too() {
+    let node = TestNode::start(&["--max-dynamic-channels", "1"]).await;
+    let mut a = node.connect("alice").await;
+    a.join("first").await;
+    let refused = a.request(json!({"op":"join","channel":"second"})).await;
+    assert_eq!(refused["error"]["code"], "forbidden", "{refused}");
+    // A member of the admitted channel keeps chatting; others may join it.
+    a.publish("first", "still here").await;
+    let mut b = node.connect("bob").await;
+    b.join("first").await;
+}

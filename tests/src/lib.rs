@@ -7,6 +7,7 @@
 //!   browser page.
 //! * [`client`]: an async WebSocket client speaking protocol v1, and a
 //!   minimal HTTP client for the REST API.
+//! * [`cluster`]: a Redis and several nodes sharding over it.
 //! * [`redis`]: a private `redis-server` on a free loopback port that tests
 //!   can stop, kill and restart.
 //!
@@ -15,5 +16,6 @@
 pub mod cdp;
 pub mod chart;
 pub mod client;
+pub mod cluster;
 pub mod node;
 pub mod redis;

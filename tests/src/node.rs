@@ -64,11 +64,19 @@ pub struct NodeBuilder {
     envs: Vec<(OsString, OsString)>,
     ready_timeout: Duration,
     port: Option<u16>,
+    /// Wait only until the process serves `/healthz` (not `/readyz`).
+    live_only: bool,
 }
 
 impl Default for NodeBuilder {
     fn default() -> Self {
-        Self { args: Vec::new(), envs: Vec::new(), ready_timeout: DEFAULT_READY_TIMEOUT, port: None }
+        Self {
+            args: Vec::new(),
+            envs: Vec::new(),
+            ready_timeout: DEFAULT_READY_TIMEOUT,
+            port: None,
+            live_only: false,
+        }
     }
 }
 
@@ -109,6 +117,13 @@ impl NodeBuilder {
 
     /// Starts the node and waits until it is ready; panics with the node's
     /// log tail when it does not get there.
+    /// `start` returns once the node serves HTTP (`/healthz`), ready or not:
+    /// for a node whose dependencies are not up yet.
+    pub fn live_only(mut self) -> Self {
+        self.live_only = true;
+        self
+    }
+
     pub fn start(self) -> ChatNode {
         match self.try_start() {
             Ok(node) => node,
@@ -139,7 +154,8 @@ impl NodeBuilder {
                 dir,
                 logs: vec![log_path],
             };
-            match node.wait_ready(self.ready_timeout) {
+            let path = if self.live_only { "/healthz" } else { "/readyz" };
+            match node.wait_for(path, self.ready_timeout) {
                 Ok(()) => return Ok(node),
                 Err(e) => {
                     let port_taken = node.log().contains("in use");
@@ -241,6 +257,17 @@ impl ChatNode {
     }
 
     /// SIGKILL, then reap. Idempotent.
+    /// Freezes the process (SIGSTOP): it holds its sockets but does nothing,
+    /// like a node stuck in a long GC pause or on an overloaded host.
+    pub fn pause(&self) {
+        signal(self.child.id(), "-STOP");
+    }
+
+    /// Lets a paused process run again (SIGCONT).
+    pub fn resume(&self) {
+        signal(self.child.id(), "-CONT");
+    }
+
     pub fn kill(&mut self) {
         if self.try_exit_status().is_none() {
             let _ = self.child.kill();
@@ -299,6 +326,10 @@ impl ChatNode {
     }
 
     fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        self.wait_for("/readyz", timeout)
+    }
+
+    fn wait_for(&mut self, path: &str, timeout: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.try_exit_status() {
@@ -309,14 +340,14 @@ impl ChatNode {
                     self.log_tail(LOG_TAIL_LINES)
                 );
             }
-            let last = match http_get(self.addr, "/readyz", Duration::from_secs(2)) {
+            let last = match http_get(self.addr, path, Duration::from_secs(2)) {
                 Ok((200, _)) => return Ok(()),
                 Ok((code, body)) => format!("HTTP {code}: {}", body.trim()),
                 Err(e) => format!("{e:#}"),
             };
             if Instant::now() >= deadline {
                 bail!(
-                    "chat-node on {} was not ready after {:?} (last GET /readyz: {last})\n--- node log (last {LOG_TAIL_LINES} lines) ---\n{}",
+                    "chat-node on {} was not ready after {:?} (last GET {path}: {last})\n--- node log (last {LOG_TAIL_LINES} lines) ---\n{}",
                     self.addr,
                     timeout,
                     self.log_tail(LOG_TAIL_LINES)
@@ -546,6 +577,11 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.path);
     }
+}
+
+fn signal(pid: u32, sig: &str) {
+    let status = Command::new("kill").args([sig, &pid.to_string()]).status().expect("running kill");
+    assert!(status.success(), "kill {sig} {pid} failed");
 }
 
 #[cfg(test)]

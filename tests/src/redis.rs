@@ -14,6 +14,8 @@ pub struct RedisServer {
     child: Option<Child>,
     port: u16,
     dir: TempDir,
+    /// Extra `redis-server` flags, kept across restarts.
+    extra: Vec<String>,
 }
 
 impl RedisServer {
@@ -24,11 +26,33 @@ impl RedisServer {
     }
 
     pub fn try_start() -> anyhow::Result<RedisServer> {
-        let dir = TempDir::new("shardchat-redis")?;
-        let port = free_port()?;
-        let mut server = RedisServer { child: None, port, dir };
+        let mut server = Self::reserve()?;
         server.spawn()?;
         Ok(server)
+    }
+
+    /// Starts it with extra `redis-server` flags (e.g. `["--maxmemory", "20mb"]`).
+    pub fn start_with(extra: &[&str]) -> RedisServer {
+        let mut server =
+            Self::reserve().unwrap_or_else(|e| panic!("reserving a port for redis-server: {e:#}"));
+        server.extra = extra.iter().map(|s| s.to_string()).collect();
+        server
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start redis-server (apt-get install -y redis-server): {e:#}"));
+        server
+    }
+
+    /// A server that is not running yet, with its port chosen: for a node
+    /// that must start before its Redis. [`start_now`](Self::start_now) starts it.
+    pub fn reserve() -> anyhow::Result<RedisServer> {
+        let dir = TempDir::new("shardchat-redis")?;
+        let port = free_port()?;
+        Ok(RedisServer { child: None, port, dir, extra: Vec::new() })
+    }
+
+    /// Starts a reserved (or killed) server on its port.
+    pub fn start_now(&mut self) {
+        self.spawn().unwrap_or_else(|e| panic!("starting redis-server: {e:#}"));
     }
 
     fn spawn(&mut self) -> anyhow::Result<()> {
@@ -44,6 +68,7 @@ impl RedisServer {
                 "--appendonly",
                 "no",
             ])
+            .args(&self.extra)
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(log.try_clone()?)
@@ -97,6 +122,22 @@ impl RedisServer {
             .unwrap_or_else(|e| panic!("running redis-cli {args:?}: {e}"));
         assert!(out.status.success(), "redis-cli {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).trim_end_matches('\n').to_string()
+    }
+
+    /// Freezes the server (SIGSTOP): connections stay open, nothing is answered.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a paused server run again (SIGCONT); it then serves what queued up.
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("redis-server is running").id();
+        let ok = Command::new("kill").args([sig, &pid.to_string()]).status().map(|s| s.success());
+        assert!(matches!(ok, Ok(true)), "kill {sig} redis-server failed");
     }
 
     /// Kills the server at once (SIGKILL); everything it held is gone.

@@ -6,63 +6,11 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use shardchat_tests::client::{Client, Http, id_of};
+use shardchat_tests::cluster::{
+    FAST, channel_owned_by, connect, eventually, http, node_id, set_ring, start_cluster, wait_http_status,
+};
 use shardchat_tests::node::ChatNode;
 use shardchat_tests::redis::RedisServer;
-
-/// A channel name that `ring` gives to `owner`.
-fn channel_owned_by(owner: usize, members: &[usize], prefix: &str) -> String {
-    let ring =
-        shardchat_common::Ring::new(1, shardchat_common::DEFAULT_VNODES, members.iter().map(|i| node_id(*i)))
-            .expect("valid ring");
-    (0..)
-        .map(|i| format!("{prefix}-{i}"))
-        .find(|c| ring.owner(c) == Some(node_id(owner).as_str()))
-        .expect("some channel maps to every node")
-}
-
-const FAST: [&str; 6] = ["--publish-rate", "100000", "--publish-burst", "100000", "--frame-rate", "100000"];
-
-struct Cluster {
-    redis: RedisServer,
-    nodes: Vec<ChatNode>,
-}
-
-fn node_id(i: usize) -> String {
-    format!("chat-node-{i}")
-}
-
-/// Starts Redis and `n` nodes. `peers`: a static `--peers` ring of all of
-/// them; otherwise the nodes follow the ring key in Redis.
-fn start_cluster(n: usize, peers: bool, extra: &[&str]) -> Cluster {
-    let redis = RedisServer::start();
-    let all: Vec<String> = (0..n).map(node_id).collect();
-    let nodes = (0..n)
-        .map(|i| {
-            let mut b = ChatNode::builder()
-                .args(["--redis-url", &redis.url(), "--node-id", &node_id(i), "--node-ttl", "2s"])
-                .args(FAST)
-                .args(extra);
-            if peers {
-                b = b.args(["--peers", &all.join(",")]);
-            }
-            b.start()
-        })
-        .collect();
-    Cluster { redis, nodes }
-}
-
-fn http(node: &ChatNode) -> Http {
-    Http { addr: node.addr() }
-}
-
-async fn connect(node: &ChatNode, user: &str) -> Client {
-    Client::connect(&node.ws_url_as(user)).await
-}
-
-fn set_ring(redis: &RedisServer, epoch: u64, nodes: &[usize]) {
-    let ring = json!({"epoch": epoch, "vnodes": 128, "nodes": nodes.iter().map(|i| node_id(*i)).collect::<Vec<_>>()});
-    redis.cli(&["SET", "shardchat:ring", &ring.to_string()]).expect("set ring");
-}
 
 /// A received message as (id, text).
 type Received = ((u64, u64), String);
@@ -367,18 +315,6 @@ async fn redis_outage_gives_unavailable_then_everything_resumes() {
     assert_eq!(members["members"], json!(["alice", "bob"]));
 }
 
-async fn wait_http_status(node: &ChatNode, path: &str, status: u16) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let got = http(node).get(path).await.status;
-        if got == status {
-            return;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{path} stayed {got}, expected {status}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ring_change_3_4_3_under_traffic_loses_nothing() {
     let redis = RedisServer::start();
@@ -440,18 +376,6 @@ fn declare(redis: &RedisServer, config: Value) {
 }
 
 /// Retries `check` for a few seconds (config is polled every second).
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "{what} never took effect");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn declared_config_in_redis_takes_effect_on_every_node() {
     let cluster = start_cluster(2, true, &["--dynamic-channels", "deny"]);

@@ -35,9 +35,6 @@ use crate::hub::Hub;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 
-/// A node that left the ring keeps its inbox this long after its last heartbeat.
-const DEPARTED_NODE_GRACE: Duration = Duration::from_secs(15 * 60);
-
 pub struct Upkeep {
     pub redis: Arc<RedisCtx>,
     pub router: Arc<Router>,
@@ -53,6 +50,9 @@ pub struct Upkeep {
     pub file_channels: Vec<ChannelConfig>,
     /// Heartbeat time-to-live (`--node-ttl`).
     pub node_ttl: Duration,
+    /// A node that left the ring keeps its inbox this long after its last
+    /// heartbeat (`--forget-nodes-after`).
+    pub forget_nodes_after: Duration,
 }
 
 impl Upkeep {
@@ -245,9 +245,10 @@ impl Upkeep {
     }
 
     /// Deletes the inbox of every node that is not in the ring and has not
-    /// sent a heartbeat for [`DEPARTED_NODE_GRACE`].
+    /// sent a heartbeat for `forget_nodes_after`.
     async fn forget_departed_nodes(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        let period = (self.forget_nodes_after / 2).clamp(Duration::from_millis(500), Duration::from_secs(60));
+        let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
@@ -259,7 +260,7 @@ impl Upkeep {
             let ring = self.ring.get();
             let now = now_ms();
             for (node, last) in nodes {
-                let departed = now.saturating_sub(last) > DEPARTED_NODE_GRACE.as_millis() as u64;
+                let departed = now.saturating_sub(last) > self.forget_nodes_after.as_millis() as u64;
                 if departed && !ring.contains(&node) && node != *self.node_id {
                     tracing::info!(%node, "deleting the inbox of a node that left the ring");
                     let _: Result<i64, _> = r.client.del((r.keys.inbox(&node), r.keys.overflow(&node))).await;

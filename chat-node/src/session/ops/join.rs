@@ -3,12 +3,15 @@
 //! leaves no gap and no duplicate (see `hub.rs`).
 
 use serde_json::Value;
-use shardchat_common::protocol::{Reply, ServerFrame};
+use shardchat_common::protocol::{ErrorCode, Reply, ServerFrame};
 use shardchat_common::{ChannelName, MessageId};
 
 use super::readable_config;
 use crate::error::{ChatError, ChatResult};
 use crate::session::{Session, encode};
+
+/// Queue slots kept free for other frames when a join replays history.
+const REPLY_ROOM: usize = 16;
 
 pub async fn handle(
     session: &mut Session,
@@ -35,7 +38,17 @@ pub async fn handle(
     let members = match node.cluster.join(&channel, &session.identity.user).await {
         Ok(n) => n,
         Err(e) => {
-            node.hub.unsubscribe(&channel, &session.handle);
+            let change = node.hub.unsubscribe(&channel, &session.handle);
+            // The owner may have recorded the membership before the answer got
+            // lost: undo it (a leave is idempotent and queued behind the join).
+            if change.first_or_last && matches!(e.code, ErrorCode::Unavailable | ErrorCode::Timeout) {
+                let leave = node.cluster.leave(&channel, &session.identity.user);
+                tokio::spawn(async move {
+                    if let Err(e) = leave.await {
+                        tracing::debug!(error = %e, "undoing a join whose answer was lost failed");
+                    }
+                });
+            }
             return Err(e);
         }
     };
@@ -43,7 +56,16 @@ pub async fn handle(
     session.joined.insert(channel.clone());
     let (backlog, recovered) = match since {
         Some(since) => match node.history.after(&channel, since).await {
-            Ok(r) => (r.messages, Some(r.complete)),
+            Ok(mut r) => {
+                // The replay goes through the connection's queue: never more
+                // than it holds (the newest then, and the client is told).
+                let room = node.config.outbound_queue.saturating_sub(REPLY_ROOM).max(1);
+                if r.messages.len() > room {
+                    r.messages.drain(..r.messages.len() - room);
+                    r.complete = false;
+                }
+                (r.messages, Some(r.complete))
+            }
             Err(e) => {
                 session.joined.remove(&channel);
                 super::leave::detach(session, &channel).await;
