@@ -259,15 +259,23 @@ pub struct Scripts {
     pub ack_and_trim: Script,
 }
 
+/// The shebang makes Redis check memory *before* a writing script runs: on a
+/// full Redis the whole script is refused (`OOM`), never stopped halfway
+/// with some of its writes done.
+const WRITES: &str = "#!lua";
+/// Deleting handled inbox entries must work on a full Redis: it frees memory.
+const FREES_MEMORY: &str = "#!lua flags=allow-oom";
+const READS_ONLY: &str = "#!lua flags=no-writes";
+
 impl Default for Scripts {
     fn default() -> Self {
-        let with_helpers = |body: &str| Script::from_lua(format!("{HELPERS}\n{body}"));
+        let with_helpers = |body: &str| Script::from_lua(format!("{WRITES}\n{HELPERS}\n{body}"));
         Self {
             apply: with_helpers(APPLY),
             drop_edge: with_helpers(DROP_EDGE),
             close: with_helpers(CLOSE),
-            after: Script::from_lua(AFTER),
-            ack_and_trim: Script::from_lua(ACK_AND_TRIM),
+            after: Script::from_lua(format!("{READS_ONLY}\n{AFTER}")),
+            ack_and_trim: Script::from_lua(format!("{FREES_MEMORY}\n{ACK_AND_TRIM}")),
         }
     }
 }
