@@ -218,9 +218,17 @@ impl Sequencer {
         loop {
             while in_flight.len() < self.limits.in_flight {
                 let Some(batch) = self.take_batch() else { break };
+                // Its own task: calls of different channels run on several cores
+                // (the embedded backend fans out inside the call).
                 let backend = self.backend.clone();
+                let batches = batch.batches.clone();
+                let call = tokio::spawn(async move { backend.apply(batches).await });
                 in_flight.push(async move {
-                    let result = backend.apply(batch.batches.clone()).await;
+                    let result = call.await.unwrap_or_else(|e| {
+                        Err(ApplyError::Ambiguous(ChatError::unavailable(format!(
+                            "the storage call failed: {e}"
+                        ))))
+                    });
                     (batch, result)
                 });
             }

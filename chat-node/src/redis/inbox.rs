@@ -134,6 +134,8 @@ pub async fn ensure_group(redis: &RedisCtx, node: &str) -> Result<(), fred::erro
 /// Reads this node's inbox until the process ends.
 pub async fn consume(redis: Arc<RedisCtx>, node: Arc<str>, targets: InboxTargets, health: Arc<InboxHealth>) {
     let key = redis.keys.inbox(&node);
+    let (acks, pending_acks) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(acknowledge(redis.clone(), key.clone(), pending_acks, health.clone()));
     // First our own pending entries (left by a previous run), then new ones.
     let mut cursor = "0".to_string();
     let mut backoff = Duration::from_millis(100);
@@ -188,20 +190,42 @@ pub async fn consume(redis: Arc<RedisCtx>, node: Arc<str>, targets: InboxTargets
         let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
         targets.metrics.inbox_entries.inc_by(ids.len() as u64);
         handle(&targets, entries);
-        // Unacknowledged entries are read again after a restart; handling is idempotent.
-        let mut args = vec![INBOX_GROUP.to_string()];
+        // Acknowledged (and deleted) behind the reader's back, in order, so the
+        // next read does not wait for it. Unacknowledged entries are read again
+        // after a restart; handling is idempotent.
+        if acks.send(ids).is_err() {
+            return;
+        }
+        health.ok();
+    }
+}
+
+/// Acknowledges and deletes handled entries, in read order; what queued up
+/// while one call was in flight goes in the next call.
+async fn acknowledge(
+    redis: Arc<RedisCtx>,
+    key: String,
+    mut handled: tokio::sync::mpsc::UnboundedReceiver<Vec<String>>,
+    health: Arc<InboxHealth>,
+) {
+    while let Some(mut ids) = handled.recv().await {
+        while ids.len() < 4 * READ_COUNT as usize {
+            match handled.try_recv() {
+                Ok(more) => ids.extend(more),
+                Err(_) => break,
+            }
+        }
+        let mut args = Vec::with_capacity(ids.len() + 1);
+        args.push(INBOX_GROUP.to_string());
         args.extend(ids);
-        match redis
+        if let Err(e) = redis
             .scripts
             .ack_and_trim
             .evalsha_with_reload::<i64, _, _>(&redis.client, key.as_str(), args)
             .await
         {
-            Ok(_) => health.ok(),
-            Err(e) => {
-                tracing::warn!(error = %e, "acknowledging inbox entries failed");
-                health.failed(e.to_string());
-            }
+            tracing::warn!(error = %e, "acknowledging inbox entries failed");
+            health.failed(e.to_string());
         }
     }
 }
