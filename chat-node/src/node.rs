@@ -39,6 +39,8 @@ pub struct Node {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error("invalid flags: {0}")]
+    Config(String),
     #[error(transparent)]
     Channels(#[from] crate::directory::DirectoryFileError),
     #[error(transparent)]
@@ -57,6 +59,7 @@ impl Node {
     /// Builds the node for `config`: embedded without `--redis-url`,
     /// cluster mode with it. Background tasks are spawned on the current runtime.
     pub async fn start(config: Config) -> Result<Arc<Node>, StartError> {
+        config.validate().map_err(StartError::Config)?;
         let node_id: Arc<str> = Arc::from(config.resolved_node_id());
         let metrics = Arc::new(Metrics::new());
         let auth = Arc::new(Auth::from_config(&config, metrics.registry()).map_err(StartError::Auth)?);

@@ -165,6 +165,10 @@ pub async fn healthz() -> &'static str {
 
 pub async fn readyz(State(node): State<Arc<Node>>) -> Response {
     if node.lifecycle.is_ready() {
+        if node.auth.is_dev_mode() {
+            // Loud where operators look: probes, dashboards, curl.
+            return "ready (DEV MODE: clients are not authenticated; ?user= is trusted)".into_response();
+        }
         "ready".into_response()
     } else if node.lifecycle.is_draining() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response()

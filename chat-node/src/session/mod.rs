@@ -17,7 +17,6 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use shardchat_common::ChannelName;
 use shardchat_common::protocol::{ErrorBody, ErrorCode, Reply, ServerFrame, parse_request};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -26,7 +25,7 @@ use crate::node::Node;
 pub use identity::Identity;
 use limits::ConnectionLimits;
 pub(crate) use ops::{check_content, clamp_limit};
-use outbound::{CloseReason, CloseSignal, Outbound, SessionHandle};
+use outbound::{CloseReason, CloseSignal, Outbound, OutboundReceiver, QueueLimits, SessionHandle};
 
 /// Close sent when the session's token expires.
 const TOKEN_EXPIRED: CloseReason =
@@ -52,7 +51,8 @@ pub async fn run(node: Arc<Node>, socket: WebSocket, identity: Identity) {
         let _guard = node.lifecycle.session();
         node.metrics.connections.inc();
         node.metrics.connections_total.inc();
-        let (handle, rx, close) = SessionHandle::new(id, identity.user.clone(), node.config.outbound_queue);
+        let (handle, rx, close) =
+            SessionHandle::new(id, identity.user.clone(), QueueLimits::from_config(&node.config));
         let (sink, mut stream) = socket.split();
         let writer = tokio::spawn(
             write_loop(sink, rx, close.clone(), node.config.ping_interval, node.config.idle_timeout)
@@ -69,8 +69,12 @@ pub async fn run(node: Arc<Node>, socket: WebSocket, identity: Identity) {
             Some(r) if r != CloseReason::PEER_GONE => {
                 // Closing handshake: the writer sends our close frame, then we
                 // wait (briefly) for the client's, so it reads the code before
-                // the TCP connection goes away.
-                if tokio::time::timeout(CLOSE_HANDSHAKE, &mut writer).await.is_err() {
+                // the TCP connection goes away. A slow consumer's socket is
+                // full, so its close frame waits behind what is already being
+                // written: give the writer its own write timeout for that.
+                let writer_grace =
+                    if r == CloseReason::SLOW_CONSUMER { node.config.idle_timeout } else { CLOSE_HANDSHAKE };
+                if tokio::time::timeout(writer_grace, &mut writer).await.is_err() {
                     writer.abort();
                 }
                 let _ = tokio::time::timeout(CLOSE_HANDSHAKE, async {
@@ -105,10 +109,8 @@ impl Session {
         // A token that runs out mid-session ends the session: the client
         // gets an `unauthorized` push, then close 4001, and reconnects with
         // a fresh token.
-        let expiry = match self.identity.expires_at {
-            Some(exp) => Instant::now() + crate::auth::time_left(exp, self.node.auth.leeway()),
-            None => Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600),
-        };
+        let expiry =
+            crate::auth::session_deadline(Instant::now(), self.identity.expires_at, self.node.auth.leeway());
         let expiry = tokio::time::sleep_until(expiry);
         tokio::pin!(expiry);
         let mut expired = false;
@@ -134,6 +136,9 @@ impl Session {
                 frame = stream.next() => {
                     let Some(frame) = frame else { return };
                     last_seen = Instant::now();
+                    if !self.admit_frame(&frame) {
+                        continue;
+                    }
                     match frame {
                         Ok(Message::Text(text)) => self.handle_text(&text).await,
                         Ok(Message::Binary(_)) => self.send_error(
@@ -159,9 +164,6 @@ impl Session {
             Ok(parsed) => parsed,
             Err(rejected) => return self.send_error(rejected.id, rejected.error.into()),
         };
-        if let Err(e) = self.limits.admit_frame() {
-            return self.rate_limited(id, e);
-        }
         let op = request.op();
         let span = tracing::debug_span!("request", op, id = ?id);
         let result = ops::handle(self, id.clone(), request).instrument(span).await;
@@ -239,7 +241,7 @@ async fn feed(sink: &mut SplitSink<WebSocket, Message>, item: Outbound) -> Resul
 
 async fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
-    mut rx: mpsc::Receiver<Outbound>,
+    mut rx: OutboundReceiver,
     close: Arc<CloseSignal>,
     ping_interval: Duration,
     write_timeout: Duration,

@@ -1,10 +1,16 @@
 //! The bounded queue between the node and one client connection.
 //!
-//! Producers (fan-out, replies) never wait: `try_send` either queues the
-//! frame or, when the queue is full, marks the connection as a slow consumer
-//! and asks its writer to close it. One slow client therefore can neither
-//! grow memory without bound nor stall delivery to anyone else.
+//! Producers (fan-out, replies) never wait: `send` either queues the item
+//! or, when the queue is full, marks the connection as a slow consumer and
+//! asks its writer to close it (4009). The queue is bounded twice: in items
+//! (`--outbound-queue`) and in bytes (`--outbound-queue-bytes`), because one
+//! item can be large (a history page, a join backlog). One slow client
+//! therefore can neither grow memory without bound nor stall delivery to
+//! anyone else. Replies that carry many messages are cut to
+//! [`SessionHandle::reply_budget`] *before* they are built
+//! ([`newest_within`]), so a single request can never fill the queue alone.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use axum::extract::ws::Utf8Bytes;
@@ -12,12 +18,79 @@ use tokio::sync::{Notify, mpsc};
 
 use shardchat_common::protocol::close_code;
 
+use crate::config::Config;
+
 /// What the writer task sends to the socket.
 #[derive(Debug)]
 pub enum Outbound {
     Frame(Utf8Bytes),
     /// Several frames that must stay together (a join reply and its recovery backlog).
     Batch(Vec<Utf8Bytes>),
+}
+
+impl Outbound {
+    /// Bytes of payload this item holds.
+    pub fn bytes(&self) -> usize {
+        match self {
+            Outbound::Frame(f) => f.len(),
+            Outbound::Batch(frames) => frames.iter().map(|f| f.len()).sum(),
+        }
+    }
+}
+
+/// The two bounds of one connection's queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueLimits {
+    pub frames: usize,
+    pub bytes: usize,
+}
+
+impl QueueLimits {
+    pub fn from_config(config: &Config) -> Self {
+        Self { frames: config.outbound_queue, bytes: config.outbound_queue_bytes }
+    }
+}
+
+/// How many of `items` (oldest first) to drop so that the newest ones fit
+/// in `budget` bytes, each counted by `size`: the index of the first item
+/// to keep. Callers count with the already-serialized push of each message,
+/// so nothing is built before its size is known.
+pub fn newest_within<T>(items: &[T], budget: usize, size: impl Fn(&T) -> usize) -> usize {
+    let mut total = 0usize;
+    for (i, item) in items.iter().enumerate().rev() {
+        total = total.saturating_add(size(item));
+        if total > budget {
+            return i + 1;
+        }
+    }
+    0
+}
+
+/// Bytes currently queued towards one connection.
+#[derive(Debug)]
+struct ByteCount {
+    queued: AtomicUsize,
+    max: usize,
+}
+
+/// The writer's end of the queue: every item taken gives its bytes back.
+pub struct OutboundReceiver {
+    rx: mpsc::Receiver<Outbound>,
+    bytes: Arc<ByteCount>,
+}
+
+impl OutboundReceiver {
+    pub async fn recv(&mut self) -> Option<Outbound> {
+        let item = self.rx.recv().await?;
+        self.bytes.queued.fetch_sub(item.bytes(), Ordering::AcqRel);
+        Some(item)
+    }
+
+    pub fn try_recv(&mut self) -> Result<Outbound, mpsc::error::TryRecvError> {
+        let item = self.rx.try_recv()?;
+        self.bytes.queued.fetch_sub(item.bytes(), Ordering::AcqRel);
+        Ok(item)
+    }
 }
 
 /// Why the server closes a connection.
@@ -94,30 +167,53 @@ pub struct SessionHandle {
     pub user: Arc<str>,
     tx: mpsc::Sender<Outbound>,
     close: Arc<CloseSignal>,
+    bytes: Arc<ByteCount>,
 }
 
 impl SessionHandle {
-    pub fn new(
-        id: u64,
-        user: Arc<str>,
-        capacity: usize,
-    ) -> (Self, mpsc::Receiver<Outbound>, Arc<CloseSignal>) {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
+    pub fn new(id: u64, user: Arc<str>, limits: QueueLimits) -> (Self, OutboundReceiver, Arc<CloseSignal>) {
+        let (tx, rx) = mpsc::channel(limits.frames.max(1));
         let close = Arc::new(CloseSignal::default());
-        (Self { id, user, tx, close: close.clone() }, rx, close)
+        let bytes = Arc::new(ByteCount { queued: AtomicUsize::new(0), max: limits.bytes });
+        (
+            Self { id, user, tx, close: close.clone(), bytes: bytes.clone() },
+            OutboundReceiver { rx, bytes },
+            close,
+        )
     }
 
     /// Queues `item`; returns false (and closes the connection as a slow
-    /// consumer) when the queue is full, or false when it is already gone.
+    /// consumer) when the queue is full in frames or in bytes, or false when
+    /// it is already gone.
     pub fn send(&self, item: Outbound) -> bool {
+        let size = item.bytes();
+        let before = self.bytes.queued.fetch_add(size, Ordering::AcqRel);
+        if before.saturating_add(size) > self.bytes.max {
+            self.bytes.queued.fetch_sub(size, Ordering::AcqRel);
+            self.close.close(CloseReason::SLOW_CONSUMER);
+            return false;
+        }
         match self.tx.try_send(item) {
             Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.close.close(CloseReason::SLOW_CONSUMER);
+            Err(e) => {
+                self.bytes.queued.fetch_sub(size, Ordering::AcqRel);
+                if matches!(e, mpsc::error::TrySendError::Full(_)) {
+                    self.close.close(CloseReason::SLOW_CONSUMER);
+                }
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
+    }
+
+    /// The most bytes of messages one reply (a history page, a join
+    /// backlog) may carry: half the queue, so one request never fills it.
+    pub fn reply_budget(&self) -> usize {
+        self.bytes.max / 2
+    }
+
+    /// Bytes queued and not yet taken by the writer.
+    pub fn queued_bytes(&self) -> usize {
+        self.bytes.queued.load(Ordering::Acquire)
     }
 
     pub fn close(&self, reason: CloseReason) {
@@ -133,9 +229,13 @@ impl SessionHandle {
 mod tests {
     use super::*;
 
+    fn limits(frames: usize, bytes: usize) -> QueueLimits {
+        QueueLimits { frames, bytes }
+    }
+
     #[tokio::test]
     async fn full_queue_closes_as_slow_consumer() {
-        let (h, mut rx, close) = SessionHandle::new(1, Arc::from("u"), 2);
+        let (h, mut rx, close) = SessionHandle::new(1, Arc::from("u"), limits(2, 1 << 20));
         assert!(h.send(Outbound::Frame("a".into())));
         assert!(h.send(Outbound::Frame("b".into())));
         assert!(!h.send(Outbound::Frame("c".into())));
@@ -144,5 +244,37 @@ mod tests {
         h.close(CloseReason::SHUTDOWN);
         assert_eq!(close.closed().await, CloseReason::SLOW_CONSUMER);
         assert!(matches!(rx.recv().await, Some(Outbound::Frame(f)) if f.as_str() == "a"));
+    }
+
+    #[tokio::test]
+    async fn bytes_are_bounded_too_and_given_back_when_written() {
+        let (h, mut rx, close) = SessionHandle::new(1, Arc::from("u"), limits(1024, 100));
+        let frame = |n: usize| Outbound::Frame("x".repeat(n).into());
+        assert!(h.send(frame(60)));
+        assert!(h.send(Outbound::Batch(vec!["y".repeat(20).into(), "z".repeat(20).into()])));
+        assert_eq!(h.queued_bytes(), 100);
+        assert!(rx.recv().await.is_some(), "the writer takes the first item");
+        assert_eq!(h.queued_bytes(), 40);
+        assert!(h.send(frame(60)), "room again");
+        assert!(rx.try_recv().is_ok());
+        assert_eq!(h.queued_bytes(), 60);
+        assert!(close.reason().is_none());
+        // A frame count far from its bound, but the bytes are over.
+        assert!(!h.send(frame(41)));
+        assert_eq!(close.reason(), Some(CloseReason::SLOW_CONSUMER));
+        assert_eq!(h.queued_bytes(), 60, "a refused item is not counted");
+        assert_eq!(h.reply_budget(), 50);
+    }
+
+    #[test]
+    fn newest_within_keeps_the_newest_that_fit() {
+        let sizes = [10, 20, 30, 40];
+        let keep_from = |budget| newest_within(&sizes, budget, |s| *s);
+        assert_eq!(keep_from(100), 0, "everything fits");
+        assert_eq!(keep_from(99), 1);
+        assert_eq!(keep_from(70), 2);
+        assert_eq!(keep_from(69), 3);
+        assert_eq!(keep_from(39), 4, "not even the newest");
+        assert_eq!(newest_within(&[] as &[usize], 0, |s| *s), 0);
     }
 }

@@ -7,6 +7,7 @@ use shardchat_common::{ChannelName, MessageId};
 use super::readable_config;
 use crate::error::ChatResult;
 use crate::session::Session;
+use crate::session::outbound::newest_within;
 
 pub async fn handle(
     session: &Session,
@@ -17,8 +18,12 @@ pub async fn handle(
     readable_config(session, &channel)?;
     let limit = clamp_limit(limit);
     let messages = session.node.history.latest(&channel, limit, before).await?;
+    // Sized by the pushes already serialized for each message, before the
+    // reply is built: a page of large messages is cut to the newest that fit.
+    let keep_from = newest_within(&messages, session.handle.reply_budget(), |m| m.push.len());
     Ok(Reply {
-        messages: Some(messages.iter().map(|m| m.message.clone()).collect()),
+        messages: Some(messages[keep_from..].iter().map(|m| m.message.clone()).collect()),
+        truncated: (keep_from > 0).then_some(true),
         ..Reply::ok(Value::Null)
     })
 }

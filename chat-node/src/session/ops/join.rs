@@ -8,6 +8,7 @@ use shardchat_common::{ChannelName, MessageId};
 
 use super::readable_config;
 use crate::error::{ChatError, ChatResult};
+use crate::session::outbound::newest_within;
 use crate::session::{Session, encode};
 
 pub async fn handle(
@@ -27,6 +28,7 @@ pub async fn handle(
     if session.joined.len() >= max {
         return Err(ChatError::bad_request(format!("a connection may join at most {max} channels")));
     }
+    session.limits.admit_membership_change()?;
     let node = session.node.clone();
     let membership = node.hub.membership_lock(&channel, &session.identity.user).await;
     node.hub.subscribe(&channel, &session.handle);
@@ -43,7 +45,12 @@ pub async fn handle(
     session.joined.insert(channel.clone());
     let (backlog, recovered) = match since {
         Some(since) => match node.history.after(&channel, since).await {
-            Ok(r) => (r.messages, Some(r.complete)),
+            // A backlog past the reply budget keeps its newest messages and
+            // says `recovered: false`, as when retention dropped the rest.
+            Ok(mut r) => match newest_within(&r.messages, session.handle.reply_budget(), |m| m.push.len()) {
+                0 => (r.messages, Some(r.complete)),
+                keep_from => (r.messages.split_off(keep_from), Some(false)),
+            },
             Err(e) => {
                 session.joined.remove(&channel);
                 super::leave::detach(session, &channel).await;
