@@ -64,8 +64,14 @@ impl Node {
         let metrics = Arc::new(Metrics::new());
         let auth = Arc::new(Auth::from_config(&config, metrics.registry()).map_err(StartError::Auth)?);
         auth.spawn_upkeep(config.reload_interval);
-        let directory =
-            Arc::new(Directory::new(config.dynamic_channels, config.moderation.into(), config.max_members));
+        let default_access = shardchat_common::Access {
+            join_roles: config.default_join_roles.clone(),
+            publish_roles: config.default_publish_roles.clone(),
+        };
+        let directory = Arc::new(
+            Directory::new(config.dynamic_channels, config.moderation.into(), config.max_members)
+                .with_default_access(default_access),
+        );
         let file_channels = match &config.channels {
             Some(path) => Directory::load_file(path)?,
             None => Vec::new(),
@@ -103,6 +109,8 @@ impl Node {
                 };
                 let redis = RedisCtx::connect(settings).await?;
                 lifecycle.set_ready(false);
+                // Configs (and retained access) come from Redis: fail closed until read.
+                directory.set_loading();
                 let static_ring = !config.peers.is_empty();
                 let initial = if static_ring {
                     Ring::new(1, config.vnodes, config.peers.iter().map(|p| p.trim()))?

@@ -85,6 +85,9 @@ impl Keys {
     pub fn active(&self) -> String {
         format!("{}:active", self.prefix)
     }
+    pub fn access(&self) -> String {
+        format!("{}:access", self.prefix)
+    }
 }
 
 /// Consumer group every node uses on its own inbox.
