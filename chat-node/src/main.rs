@@ -12,8 +12,10 @@ async fn main() -> anyhow::Result<()> {
     let node = match Node::start(config).await {
         Ok(node) => node,
         Err(e) => {
+            // A configuration mistake, not a crash: one clear line, no backtrace.
             tracing::error!("cannot start: {e}");
-            return Err(e.into());
+            eprintln!("chat-node: cannot start: {e}");
+            std::process::exit(2);
         }
     };
     let addr = listener.local_addr()?;

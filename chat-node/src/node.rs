@@ -102,6 +102,7 @@ impl Node {
                     .map_err(|e| StartError::NodeId(node_id.to_string(), e))?;
                 let settings = RedisSettings {
                     url: url.clone(),
+                    ca_file: config.redis_ca_file.clone(),
                     prefix: config.redis_prefix.clone(),
                     command_timeout: config.redis_timeout,
                     request_timeout: config.request_timeout,
