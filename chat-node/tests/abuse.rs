@@ -391,3 +391,44 @@ async fn undeclared_channels_follow_the_node_wide_default_access() {
     let list = node.http().get("/v1/channels").await.json();
     assert_eq!(list["channels"], json!([]), "{list}");
 }
+
+// ---------------------------------------------------------- limits without a test elsewhere
+
+#[tokio::test]
+async fn channels_per_connection_are_capped() {
+    let node = TestNode::start(&["--max-channels-per-connection", "3"]).await;
+    let mut c = node.connect("collector").await;
+    for ch in ["a", "b", "c"] {
+        c.join(ch).await;
+    }
+    let r = c.request(json!({"op":"join","channel":"d"})).await;
+    assert_eq!(r["error"]["code"], "bad_request", "{r}");
+    assert!(r["error"]["message"].as_str().unwrap().contains("at most 3"), "{r}");
+    c.ok(json!({"op":"leave","channel":"a"})).await;
+    c.join("d").await;
+}
+
+#[tokio::test]
+async fn a_channels_rate_limit_is_shared_by_all_its_publishers() {
+    let dir = std::env::temp_dir().join(format!("shardchat-chanrate-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("channels.yaml");
+    std::fs::write(&file, "- name: slow\n  rateLimit: {perSecond: 1, burst: 2}\n").unwrap();
+    let node = TestNode::start(&[FAST, &["--channels", file.to_str().unwrap()]].concat()).await;
+    let mut a = node.connect("a").await;
+    let mut b = node.connect("b").await;
+    a.join("slow").await;
+    b.join("slow").await;
+    let mut outcomes = Vec::new();
+    for i in 0..3 {
+        for c in [&mut a, &mut b] {
+            let r = c.request(json!({"op":"publish","channel":"slow","text":format!("m{i}")})).await;
+            outcomes.push(if r["ok"] == true { "ok".to_string() } else { r["error"]["code"].to_string() });
+        }
+    }
+    let accepted = outcomes.iter().filter(|o| *o == "ok").count();
+    // The burst of 2, plus at most a token or two refilled while the test runs.
+    assert!((2..=4).contains(&accepted), "{outcomes:?}");
+    assert!(outcomes.iter().any(|o| o.contains("rate_limited")), "{outcomes:?}");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -32,3 +32,16 @@ pub async fn handle(
 pub fn clamp_limit(limit: Option<u32>) -> usize {
     limit.map(|l| l as usize).unwrap_or(DEFAULT_HISTORY_LIMIT).min(MAX_HISTORY_LIMIT)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_default_to_50_and_are_capped_at_1000() {
+        assert_eq!(clamp_limit(None), 50);
+        assert_eq!(clamp_limit(Some(7)), 7);
+        assert_eq!(clamp_limit(Some(1_000)), 1_000);
+        assert_eq!(clamp_limit(Some(u32::MAX)), 1_000);
+    }
+}
