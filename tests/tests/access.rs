@@ -123,3 +123,30 @@ async fn a_node_starting_after_redis_came_back_empty_keeps_restricted_channels_r
         }
     }
 }
+
+/// Tokens in a query string (`?token=`, the last resort for clients that
+/// can set neither a header nor a subprotocol) never reach the node's log,
+/// even at trace level: a guard against ever logging request URIs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_never_logs_a_token() {
+    // Not a valid JWT for this node: refused (401), and logged nowhere.
+    let forged = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJtYWxsb3J5IiwiZXhwIjo0MDAwMDAwMDAwfQ.c2VjcmV0LXNpZ25hdHVyZQ";
+    let node = ChatNode::builder()
+        .args(["--jwt-secret", "node-log-test-secret-of-32-bytes-or-more"])
+        .env("RUST_LOG", "trace")
+        .start();
+    let url = format!("{}?token={forged}", node.ws_url());
+    assert!(tokio_tungstenite::connect_async(&url).await.is_err(), "a forged token is refused");
+    let _ = Http { addr: node.addr() }.get(&format!("/v1/channels?token={forged}")).await;
+    // The node has handled both requests once /metrics shows the refusal.
+    eventually("the refusal being counted", || {
+        node.http_get("/metrics")
+            .is_ok_and(|(_, m)| m.contains("shardchat_auth_failures_total{reason=\"invalid\"} 1"))
+    })
+    .await;
+    let log = node.log();
+    assert!(log.contains("clients must present a JWT"), "the node's log was read:\n{log}");
+    for part in forged.split('.') {
+        assert!(!log.contains(part), "token material in the node's log:\n{log}");
+    }
+}
