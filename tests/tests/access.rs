@@ -93,6 +93,33 @@ async fn a_restricted_channel_deleted_with_retain_stays_restricted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restricted_channel_deleted_with_its_history_stays_restricted_until_redeclared() {
+    let redis = RedisServer::start();
+    declare(&redis, json!({"name": GUILD, "access": {"joinRoles": ["guild-7"]}}));
+    let n0 = node(&redis, "n0", "n0");
+    eventually("the access record", || !retained_record(&redis).is_empty()).await;
+    // deletionPolicy: Delete — the config and the history go (operator/src/store.rs).
+    remove_retaining_history(&redis, GUILD);
+    redis.cli(&["DEL", &format!("shardchat:history:{GUILD}")]).expect("DEL history");
+    eventually("the node applying the removal", || {
+        n0.log().contains("declaration removed; the channel keeps its role restrictions")
+    })
+    .await;
+    // Fail closed: the name does not turn into a public channel by itself.
+    assert_eq!(join_code(&n0, "outsider", "").await, "forbidden");
+    assert_eq!(join_code(&n0, "member", "guild-7").await, "ok");
+    // Releasing the name is explicit: declare it without roles (then the
+    // declaration may go too, a public channel keeps nothing).
+    declare(&redis, json!({"name": GUILD}));
+    eventually("the public redeclaration", || retained_record(&redis).is_empty()).await;
+    assert_eq!(join_code(&n0, "outsider", "").await, "ok");
+    remove_retaining_history(&redis, GUILD);
+    eventually("the removal", || n0.log().matches("channel configs updated").count() >= 4).await;
+    assert_eq!(join_code(&n0, "outsider-2", "").await, "ok");
+    assert!(retained_record(&redis).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_starting_after_redis_came_back_empty_keeps_restricted_channels_restricted() {
     let mut redis = RedisServer::start();
     declare(&redis, json!({"name": GUILD, "access": {"joinRoles": ["guild-7"]}}));

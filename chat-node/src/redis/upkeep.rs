@@ -202,9 +202,13 @@ impl Upkeep {
                 }
                 // Never published (or Redis restarted empty): keep what we
                 // have; a node that has nothing yet goes on with its file.
-                None if !self.directory.is_loaded() => {
-                    tracing::info!("no channel configs in Redis; using the declared file channels only");
-                    self.directory.replace_all(self.file_channels.clone());
+                // Forget the version seen: a republished counter starts over.
+                None => {
+                    seen = None;
+                    if !self.directory.is_loaded() {
+                        tracing::info!("no channel configs in Redis; using the declared file channels only");
+                        self.directory.replace_all(self.file_channels.clone());
+                    }
                 }
                 _ => {}
             }
