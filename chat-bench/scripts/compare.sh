@@ -28,11 +28,11 @@ trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_ready() { for _ in $(seq 100); do curl -sf "http://127.0.0.1:$1/readyz" >/dev/null 2>&1 && return 0; sleep 0.1; done; echo "node on $1 not ready" >&2; exit 1; }
-limits=(--publish-rate 100000 --publish-burst 100000 --frame-rate 100000 --connect-rate 0)
+limits=(--publish-rate 100000 --publish-burst 100000 --frame-rate 100000 --connect-rate 0 --max-connections-per-ip 0)
 
 # Baseline: one embedded node.
 ep=$(free_port)
-"$node" --listen "127.0.0.1:$ep" "${limits[@]}" >"$work/embedded.log" 2>&1 & pids+=($!)
+"$node" --dev-mode --listen "127.0.0.1:$ep" "${limits[@]}" >"$work/embedded.log" 2>&1 & pids+=($!)
 wait_ready "$ep"
 
 # Cluster: Redis and three nodes with a static ring.
@@ -42,7 +42,7 @@ sleep 0.3
 urls=()
 for i in 0 1 2; do
   p=$(free_port)
-  "$node" --listen "127.0.0.1:$p" --node-id "n$i" --peers n0,n1,n2 --redis-url "redis://127.0.0.1:$rp" "${limits[@]}" \
+  "$node" --dev-mode --listen "127.0.0.1:$p" --node-id "n$i" --peers n0,n1,n2 --redis-url "redis://127.0.0.1:$rp" "${limits[@]}" \
     >"$work/n$i.log" 2>&1 & pids+=($!)
   wait_ready "$p"
   urls+=("ws://127.0.0.1:$p")

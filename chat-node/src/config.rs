@@ -18,9 +18,15 @@ pub struct Config {
     #[arg(long, env = "CHAT_NODE_ID")]
     pub node_id: Option<String>,
 
-    /// Redis URL (redis://host:6379). Absent: embedded single-node mode with in-memory history.
-    #[arg(long, env = "CHAT_REDIS_URL")]
+    /// Redis URL: redis://[user:pass@]host:6379[/db], or rediss://… for TLS. Absent: embedded
+    /// single-node mode with in-memory history. Any other scheme is refused.
+    #[arg(long, env = "CHAT_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
+
+    /// PEM file with CA certificate(s) trusted for `rediss://`, in addition to the system roots
+    /// (which also honour SSL_CERT_FILE / SSL_CERT_DIR).
+    #[arg(long, env = "CHAT_REDIS_CA_FILE")]
+    pub redis_ca_file: Option<PathBuf>,
 
     /// Key prefix in Redis, so several installs can share one Redis.
     #[arg(long, env = "CHAT_REDIS_PREFIX", default_value = "shardchat")]
@@ -79,17 +85,32 @@ pub struct Config {
     #[arg(long, env = "CHAT_DYNAMIC_CHANNELS", value_enum, default_value_t = DynamicChannels::Allow)]
     pub dynamic_channels: DynamicChannels,
 
+    /// Roles that may join channels without a declaration (comma-separated; empty = anyone).
+    /// A channel that was declared with roles keeps them after its declaration disappears.
+    #[arg(long, env = "CHAT_DEFAULT_JOIN_ROLES", value_delimiter = ',')]
+    pub default_join_roles: Vec<String>,
+
+    /// Roles that may publish to channels without a declaration (comma-separated; empty = anyone).
+    #[arg(long, env = "CHAT_DEFAULT_PUBLISH_ROLES", value_delimiter = ',')]
+    pub default_publish_roles: Vec<String>,
+
     /// Word-filter mode for channels whose config does not set one.
     #[arg(long, env = "CHAT_MODERATION", value_enum, default_value_t = ModerationArg::Mask)]
     pub moderation: ModerationArg,
 
-    /// Bearer token that authorizes server-side publishing (`POST /v1/channels/{channel}/messages`).
-    /// Without it that endpoint refuses every request.
+    /// Bearer token (at least 32 characters) that authorizes server-side publishing
+    /// (`POST /v1/channels/{channel}/messages`). Without it that endpoint refuses every request.
     #[arg(long, env = "CHAT_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
 
-    /// HS256 shared secret for client JWTs. With any JWT key configured,
-    /// clients must present a token and dev-mode `?user=` is refused.
+    /// Run without any JWT key: clients name themselves with `?user=<id>` and are TRUSTED.
+    /// Without this flag a node with no key refuses to start. For trying Shardchat out only.
+    #[arg(long, env = "CHAT_DEV_MODE", num_args = 0..=1, default_value_t = false,
+          default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub dev_mode: bool,
+
+    /// HS256 shared secret for client JWTs (at least 32 bytes; empty is an error). With any JWT
+    /// key configured, clients must present a token and dev-mode `?user=` is refused.
     #[arg(long, env = "CHAT_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
 
@@ -128,10 +149,33 @@ pub struct Config {
     #[arg(long, env = "CHAT_CONNECT_BURST", default_value_t = 200)]
     pub connect_burst: u32,
 
+    /// Open WebSocket connections from one IP (IPv6: one /64) at once; 0 = no limit.
+    /// Generous by default: many players share an address behind carrier NAT.
+    #[arg(long, env = "CHAT_MAX_CONNECTIONS_PER_IP", default_value_t = 1000)]
+    pub max_connections_per_ip: u32,
+
+    /// Open WebSocket connections of one user id at once (on this node); 0 = no limit.
+    #[arg(long, env = "CHAT_MAX_CONNECTIONS_PER_USER", default_value_t = 16)]
+    pub max_connections_per_user: u32,
+
     /// Reverse proxies in front of the node that append to `X-Forwarded-For`
     /// (1 behind a typical Ingress). 0 uses the TCP peer address.
     #[arg(long, env = "CHAT_TRUSTED_PROXY_HOPS", default_value_t = 0)]
     pub trusted_proxy_hops: usize,
+
+    /// Origins (scheme://host[:port], comma-separated) whose browser pages may open WebSockets.
+    /// Empty = any origin. Requests without an `Origin` header (non-browser clients) are allowed.
+    #[arg(long, env = "CHAT_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
+    /// REST reads (history, members, channel list) per second from one IP (token bucket rate;
+    /// 0 = no limit). `GET /v1/channels` costs 10.
+    #[arg(long, env = "CHAT_REST_RATE", default_value_t = 20)]
+    pub rest_rate: u32,
+
+    /// REST reads one IP may make in a burst (token bucket size).
+    #[arg(long, env = "CHAT_REST_BURST", default_value_t = 40)]
+    pub rest_burst: u32,
 
     /// Word list for the built-in filter (one entry per line; see docs/security.md).
     /// Re-read when it changes. Absent: the built-in English and Korean lists.
@@ -186,6 +230,11 @@ pub struct Config {
     #[arg(long, env = "CHAT_OUTBOUND_QUEUE", default_value_t = 1024)]
     pub outbound_queue: usize,
 
+    /// Bytes queued towards one client before it counts as a slow consumer and is closed (4009).
+    /// One reply (a history page, a join backlog) holds at most half of this.
+    #[arg(long, env = "CHAT_OUTBOUND_QUEUE_BYTES", default_value_t = 2 * 1024 * 1024)]
+    pub outbound_queue_bytes: usize,
+
     /// On SIGTERM: how long to wait for clients to go after sending them close 1012.
     #[arg(long, env = "CHAT_SHUTDOWN_GRACE", value_parser = parse_duration, default_value = "10s")]
     pub shutdown_grace: Duration,
@@ -201,6 +250,15 @@ pub struct Config {
     /// Frames of any kind per second one connection may send (token bucket rate; burst is twice this).
     #[arg(long, env = "CHAT_FRAME_RATE", default_value_t = 100)]
     pub frame_rate: u32,
+
+    /// Joins and leaves per second one connection may make (token bucket rate): each one
+    /// pushes presence to every member of the channel.
+    #[arg(long, env = "CHAT_MEMBERSHIP_RATE", default_value_t = 2)]
+    pub membership_rate: u32,
+
+    /// Joins and leaves one connection may make in a burst (token bucket size).
+    #[arg(long, env = "CHAT_MEMBERSHIP_BURST", default_value_t = 20)]
+    pub membership_burst: u32,
 
     /// Close a connection (1008) after this many rate-limited requests within 10 seconds.
     #[arg(long, env = "CHAT_FLOOD_CLOSE_AFTER", default_value_t = 50)]
@@ -265,18 +323,62 @@ impl Config {
     }
 }
 
-/// Parses `250ms`, `20s`, `5m`, `1h` or a bare number of seconds.
+/// Smallest `--outbound-queue-bytes`: a few of the largest message pushes
+/// (2,000 characters that JSON-escape to 6 bytes each, plus 1 KiB of meta).
+pub const MIN_OUTBOUND_QUEUE_BYTES: usize = 64 * 1024;
+
+/// Longest duration any flag accepts. Bounding it here keeps every later
+/// `Instant + Duration` and `Duration + Duration` far from overflowing.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Parses `250ms`, `20s`, `5m`, `1h` or a bare number of seconds, up to [`MAX_DURATION`].
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?}: expected e.g. 250ms, 20s, 5m"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "" | "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        "h" => Ok(Duration::from_secs(n * 3600)),
-        _ => Err(format!("invalid duration unit in {s:?}: use ms, s, m or h")),
+    let millis_per_unit: u64 = match unit {
+        "ms" => 1,
+        "" | "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return Err(format!("invalid duration unit in {s:?}: use ms, s, m or h")),
+    };
+    let too_long = || format!("duration {s:?} is too long: at most {} days", MAX_DURATION.as_secs() / 86_400);
+    let millis = n.checked_mul(millis_per_unit).ok_or_else(too_long)?;
+    let d = Duration::from_millis(millis);
+    if d > MAX_DURATION { Err(too_long()) } else { Ok(d) }
+}
+
+impl Config {
+    /// Checks what clap cannot: values that would make the node misbehave.
+    pub fn validate(&self) -> Result<(), String> {
+        for (flag, d) in [
+            ("--ping-interval", self.ping_interval),
+            ("--idle-timeout", self.idle_timeout),
+            ("--node-ttl", self.node_ttl),
+            ("--reload-interval", self.reload_interval),
+        ] {
+            if d.is_zero() {
+                return Err(format!("{flag} must be greater than zero"));
+            }
+        }
+        if self.outbound_queue == 0 {
+            return Err("--outbound-queue must be at least 1".into());
+        }
+        if self.outbound_queue_bytes < MIN_OUTBOUND_QUEUE_BYTES {
+            return Err(format!(
+                "--outbound-queue-bytes must be at least {MIN_OUTBOUND_QUEUE_BYTES} (a few of the largest pushes)"
+            ));
+        }
+        for role in self.default_join_roles.iter().chain(&self.default_publish_roles) {
+            crate::session::identity::validate_user_id(role)
+                .map_err(|e| format!("--default-join-roles / --default-publish-roles: {}", e.message))?;
+        }
+        for origin in &self.allowed_origins {
+            crate::auth::origin::parse_origin(origin).map_err(|e| format!("--allowed-origins: {e}"))?;
+        }
+        Ok(())
     }
 }
 
@@ -295,6 +397,31 @@ mod tests {
     }
 
     #[test]
+    fn huge_durations_are_errors_not_overflows() {
+        // 307445734561825861 minutes overflows u64 milliseconds (it used to
+        // overflow `n * 60` seconds too, a panic in debug builds).
+        assert!(parse_duration("307445734561825861m").unwrap_err().contains("too long"));
+        assert!(parse_duration("18446744073709551615h").unwrap_err().contains("too long"));
+        assert!(parse_duration("18446744073709551615").unwrap_err().contains("too long"));
+        assert!(parse_duration("99999999999999999999999s").is_err(), "does not fit u64");
+        assert!(parse_duration("366d").is_err());
+        assert_eq!(parse_duration("8760h"), Ok(MAX_DURATION));
+        assert!(parse_duration("8761h").is_err());
+    }
+
+    #[test]
+    fn validation_refuses_values_that_would_break_the_node() {
+        let check = |args: &[&str]| Config::parse_from([&["chat-node"], args].concat()).validate();
+        assert_eq!(check(&[]), Ok(()));
+        assert!(check(&["--ping-interval", "0s"]).unwrap_err().contains("--ping-interval"));
+        assert!(check(&["--reload-interval", "0ms"]).is_err());
+        assert!(check(&["--outbound-queue-bytes", "100"]).is_err());
+        assert!(check(&["--default-join-roles", "bad role"]).is_err());
+        assert!(check(&["--allowed-origins", "not an origin"]).is_err());
+        assert_eq!(check(&["--allowed-origins", "https://play.example.com,http://localhost:8080"]), Ok(()));
+    }
+
+    #[test]
     fn defaults_match_the_documented_ones() {
         let c = Config::parse_from(["chat-node"]);
         assert_eq!(c.listen.port(), 8080);
@@ -302,5 +429,11 @@ mod tests {
         assert_eq!(c.idle_timeout, Duration::from_secs(60));
         assert_eq!(c.max_frame_bytes, 16 * 1024);
         assert!(c.redis_url.is_none());
+        assert!(!c.dev_mode, "dev mode is never the default");
+        assert_eq!(c.outbound_queue_bytes, 2 * 1024 * 1024);
+        assert_eq!((c.max_connections_per_ip, c.max_connections_per_user), (1000, 16));
+        assert_eq!((c.membership_rate, c.membership_burst), (2, 20));
+        assert_eq!((c.rest_rate, c.rest_burst), (20, 40));
+        assert!(c.default_join_roles.is_empty() && c.allowed_origins.is_empty());
     }
 }

@@ -15,6 +15,23 @@ pub fn encode(frame: &ServerFrame) -> Utf8Bytes {
     Utf8Bytes::from(serde_json::to_string(frame).unwrap_or_default())
 }
 
+/// Bytes `message` takes serialized (as a history item), without building it.
+pub fn json_len(message: &ChatMessage) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    let _ = serde_json::to_writer(&mut count, message);
+    count.0
+}
+
 /// A message push as it is queued to members: its id (for the
 /// per-subscriber exactly-once filter) and the encoded frame.
 #[derive(Debug)]

@@ -9,7 +9,15 @@ async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     init_tracing(config.log_format);
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
-    let node = Node::start(config).await?;
+    let node = match Node::start(config).await {
+        Ok(node) => node,
+        Err(e) => {
+            // A configuration mistake, not a crash: one clear line, no backtrace.
+            tracing::error!("cannot start: {e}");
+            eprintln!("chat-node: cannot start: {e}");
+            std::process::exit(2);
+        }
+    };
     let addr = listener.local_addr()?;
     tracing::info!(node_id = %node.node_id, %addr, mode = node.mode(), "chat-node listening; open http://{addr}/");
     if node.config.admin_token.is_none() && node.auth.is_dev_mode() {
@@ -19,9 +27,8 @@ async fn main() -> anyhow::Result<()> {
     }
     if node.auth.is_dev_mode() {
         tracing::warn!(
-            "DEV MODE: no --jwt-secret, --jwt-public-key or --jwks-file is configured, so clients \
-             identify with ?user=<id> and are TRUSTED. Anyone can impersonate anyone. Do not expose \
-             this node publicly."
+            "DEV MODE (--dev-mode): no JWT key is configured, so clients identify with ?user=<id> \
+             and are TRUSTED. Anyone can impersonate anyone. Do not expose this node publicly."
         );
     } else {
         tracing::info!("clients must present a JWT (Authorization: Bearer or ?token=)");

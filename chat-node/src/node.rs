@@ -43,6 +43,8 @@ pub struct Node {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error("invalid flags: {0}")]
+    Config(String),
     #[error(transparent)]
     Channels(#[from] crate::directory::DirectoryFileError),
     #[error(transparent)]
@@ -61,12 +63,19 @@ impl Node {
     /// Builds the node for `config`: embedded without `--redis-url`,
     /// cluster mode with it. Background tasks are spawned on the current runtime.
     pub async fn start(config: Config) -> Result<Arc<Node>, StartError> {
+        config.validate().map_err(StartError::Config)?;
         let node_id: Arc<str> = Arc::from(config.resolved_node_id());
         let metrics = Arc::new(Metrics::new());
         let auth = Arc::new(Auth::from_config(&config, metrics.registry()).map_err(StartError::Auth)?);
         auth.spawn_upkeep(config.reload_interval);
-        let directory =
-            Arc::new(Directory::new(config.dynamic_channels, config.moderation.into(), config.max_members));
+        let default_access = shardchat_common::Access {
+            join_roles: config.default_join_roles.clone(),
+            publish_roles: config.default_publish_roles.clone(),
+        };
+        let directory = Arc::new(
+            Directory::new(config.dynamic_channels, config.moderation.into(), config.max_members)
+                .with_default_access(default_access),
+        );
         let file_channels = match &config.channels {
             Some(path) => Directory::load_file(path)?,
             None => Vec::new(),
@@ -104,6 +113,7 @@ impl Node {
                     .map_err(|e| StartError::NodeId(node_id.to_string(), e))?;
                 let settings = RedisSettings {
                     url: url.clone(),
+                    ca_file: config.redis_ca_file.clone(),
                     prefix: config.redis_prefix.clone(),
                     command_timeout: config.redis_timeout,
                     request_timeout: config.request_timeout,
@@ -113,6 +123,8 @@ impl Node {
                 };
                 let redis = RedisCtx::connect(settings).await?;
                 lifecycle.set_problem("redis", Some("not connected to Redis yet".into()));
+                // Configs (and retained access) come from Redis: fail closed until read.
+                directory.set_loading();
                 let static_ring = !config.peers.is_empty();
                 let initial = if static_ring {
                     Ring::new(1, config.vnodes, config.peers.iter().map(|p| p.trim()))?

@@ -41,7 +41,7 @@ async fn rest_rejects_bad_input_with_json_errors() {
 
 #[tokio::test]
 async fn server_side_publish_needs_the_admin_token() {
-    let node = TestNode::start(&["--admin-token", "s3cret"]).await;
+    let node = TestNode::start(&["--admin-token", "admin-token-for-tests-0123456789abcdef"]).await;
     let http = node.http();
     let body = r#"{"text":"server restart in 5 minutes","meta":{"kind":"notice"}}"#;
     let path = "/v1/channels/town-137/messages";
@@ -53,7 +53,14 @@ async fn server_side_publish_needs_the_admin_token() {
 
     let mut c = node.connect("alice").await;
     c.join("town-137").await;
-    let r = http.request("POST", path, &[("Authorization", "Bearer s3cret")], Some(body)).await;
+    let r = http
+        .request(
+            "POST",
+            path,
+            &[("Authorization", "Bearer admin-token-for-tests-0123456789abcdef")],
+            Some(body),
+        )
+        .await;
     assert_eq!(r.status, 201, "{}", r.body);
     let id = r.json()["message_id"].as_str().unwrap().to_string();
     let push = c.next_op("message").await;
@@ -61,10 +68,24 @@ async fn server_side_publish_needs_the_admin_token() {
     assert_eq!(push["from"], "server");
     assert_eq!(push["meta"]["kind"], "notice");
 
-    let r = http.request("POST", path, &[("Authorization", "Bearer s3cret")], Some("{\"txt\":1}")).await;
+    let r = http
+        .request(
+            "POST",
+            path,
+            &[("Authorization", "Bearer admin-token-for-tests-0123456789abcdef")],
+            Some("{\"txt\":1}"),
+        )
+        .await;
     assert_eq!(r.status, 400);
     let long = format!("{{\"text\":\"{}\"}}", "x".repeat(2001));
-    let r = http.request("POST", path, &[("Authorization", "Bearer s3cret")], Some(&long)).await;
+    let r = http
+        .request(
+            "POST",
+            path,
+            &[("Authorization", "Bearer admin-token-for-tests-0123456789abcdef")],
+            Some(&long),
+        )
+        .await;
     assert_eq!(r.status, 413);
 }
 

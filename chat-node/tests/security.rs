@@ -389,7 +389,9 @@ async fn access_matrix_with_jwt_roles() {
 
 #[tokio::test]
 async fn rest_publish_admin_token_or_admin_role() {
-    let node = TestNode::start(&["--jwt-secret", SECRET, "--admin-token", "static-admin"]).await;
+    let node =
+        TestNode::start(&["--jwt-secret", SECRET, "--admin-token", "static-admin-token-0123456789abcdef"])
+            .await;
     let http = node.http();
     let path = "/v1/channels/town-1/messages";
     let body = r#"{"text":"maintenance at noon"}"#;
@@ -398,7 +400,7 @@ async fn rest_publish_admin_token_or_admin_role() {
         async move { http.request("POST", path, &[("Authorization", &auth)], Some(body)).await }
     };
     assert_eq!(http.request("POST", path, &[], Some(body)).await.status, 401);
-    assert_eq!(post("Bearer static-admin".into()).await.status, 201);
+    assert_eq!(post("Bearer static-admin-token-0123456789abcdef".into()).await.status, 201);
     let admin = hs256(&claims("backend", &["admin"], 600));
     let r = post(format!("Bearer {admin}")).await;
     assert_eq!(r.status, 201, "{}", r.body);

@@ -108,6 +108,11 @@ impl Access {
     pub fn may_publish(&self, roles: &[String]) -> bool {
         self.may_join(roles) && allowed(&self.publish_roles, roles)
     }
+
+    /// Whether any role list limits who may join or publish.
+    pub fn is_restricted(&self) -> bool {
+        !self.join_roles.is_empty() || !self.publish_roles.is_empty()
+    }
 }
 
 fn allowed(required: &[String], held: &[String]) -> bool {

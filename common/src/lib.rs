@@ -12,6 +12,7 @@ pub mod config;
 pub mod message_id;
 pub mod protocol;
 pub mod redis_layout;
+pub mod redis_url;
 
 pub use channel::{ChannelName, InvalidChannelName};
 pub use config::{Access, ChannelConfig, ModerationMode, RateLimit, Retention};

@@ -298,6 +298,10 @@ pub struct Reply {
     /// ping: server time in milliseconds since the Unix epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ts: Option<u64>,
+    /// history: `true` when older messages of the page were left out to keep
+    /// the reply within the connection's byte budget; page on with `before`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub truncated: Option<bool>,
 }
 
 impl Reply {

@@ -103,6 +103,11 @@ impl Keys {
     pub fn dynamic(&self) -> String {
         format!("{}:dynamic", self.prefix)
     }
+    /// Hash: channel name → the access rules it was last declared with, so a
+    /// restricted channel stays restricted while its declaration is missing.
+    pub fn access(&self) -> String {
+        format!("{}:access", self.prefix)
+    }
     /// Hash: node id → last heartbeat (ms since the epoch), for removing the
     /// inboxes of nodes that left for good.
     pub fn nodes(&self) -> String {
@@ -149,6 +154,7 @@ mod tests {
         assert_eq!(k.active(), "p:active");
         assert_eq!(k.dynamic(), "p:dynamic");
         assert_eq!(k.nodes(), "p:nodes");
+        assert_eq!(k.access(), "p:access");
         assert_eq!(node_of_edge("chat-node-0#3fa2"), "chat-node-0");
         assert_eq!(node_of_edge("chat-node-0"), "chat-node-0");
     }

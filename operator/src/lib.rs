@@ -59,9 +59,17 @@ pub enum LogFormat {
 /// Flags of `chat-operator run` (every flag has an environment twin).
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
-    /// Redis the chat nodes read (redis://[user:pass@]host:port[/db]).
-    #[arg(long, env = "CHAT_OPERATOR_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    /// Redis the chat nodes read (redis://[user:pass@]host:port[/db], or rediss:// for TLS).
+    #[arg(
+        long,
+        env = "CHAT_OPERATOR_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        hide_env_values = true
+    )]
     pub redis_url: String,
+    /// PEM file with CA certificate(s) trusted for rediss://, besides the system roots.
+    #[arg(long, env = "CHAT_OPERATOR_REDIS_CA_FILE")]
+    pub redis_ca_file: Option<std::path::PathBuf>,
     /// Prefix of every Redis key (must match the nodes' --redis-prefix).
     #[arg(long, env = "CHAT_OPERATOR_REDIS_PREFIX", default_value = "shardchat")]
     pub redis_prefix: String,
@@ -142,7 +150,13 @@ pub async fn run(
     let identity = args.identity.clone().unwrap_or_else(|| {
         std::env::var("HOSTNAME").unwrap_or_else(|_| format!("chat-operator-{}", std::process::id()))
     });
-    let store = Store::connect(&args.redis_url, &args.redis_prefix, args.redis_timeout).await?;
+    let store = Store::connect_with_ca(
+        &args.redis_url,
+        args.redis_ca_file.as_deref(),
+        &args.redis_prefix,
+        args.redis_timeout,
+    )
+    .await?;
     let lease_cfg = leader::LeaseConfig {
         name: args.lease_name.clone(),
         namespace: namespace.clone(),

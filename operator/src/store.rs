@@ -55,6 +55,10 @@ pub enum StoreError {
     BadJson { key: String, source: serde_json::Error },
     #[error("ring in redis kept changing under us")]
     RingContention,
+    #[error(transparent)]
+    Url(#[from] shardchat_common::redis_url::RedisUrlError),
+    #[error("redis TLS: {0}")]
+    Tls(#[from] shardchat_common::redis_url::TlsConfigError),
 }
 
 /// Sets KEYS[1] to ARGV[2] only if it currently holds ARGV[1] ('' = absent).
@@ -121,7 +125,30 @@ impl Store {
     /// Connects to Redis in the background (reconnecting forever); commands
     /// fail after `timeout` instead of hanging while Redis is away.
     pub async fn connect(url: &str, prefix: &str, timeout: Duration) -> Result<Store, StoreError> {
-        let config = Config::from_url(url)?;
+        Self::connect_with_ca(url, None, prefix, timeout).await
+    }
+
+    /// [`connect`](Self::connect), also trusting the CA certificates (PEM)
+    /// in `ca_file` for `rediss://`. Only `redis://` and `rediss://` URLs are
+    /// accepted (see `shardchat_common::redis_url`).
+    pub async fn connect_with_ca(
+        url: &str,
+        ca_file: Option<&std::path::Path>,
+        prefix: &str,
+        timeout: Duration,
+    ) -> Result<Store, StoreError> {
+        use shardchat_common::redis_url;
+        let checked = redis_url::check(url)?;
+        let mut config = Config::from_url(url)?;
+        config.tls = if checked.tls {
+            let (tls, warnings) = redis_url::client_config(ca_file)?;
+            for w in warnings {
+                tracing::warn!("{w}");
+            }
+            Some(fred::types::config::TlsConnector::from(tls).into())
+        } else {
+            None
+        };
         let client = Builder::from_config(config)
             .with_connection_config(|c| {
                 c.connection_timeout = timeout;

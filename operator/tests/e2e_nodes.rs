@@ -696,15 +696,23 @@ async fn operator_and_chat_nodes_assign_scale_edit_and_delete_channels() {
     .await;
     assert!(config_in(&redis, TOWN).is_none(), "config field removed");
     assert_eq!(cli(&redis, &["EXISTS", &history_key]), "0", "history removed");
-    // Nodes drop the declaration within a second or so (until then the old
-    // join roles keep REST out); then nobody is a member.
+    // Nodes drop the declaration within a second or so, but the channel was
+    // restricted to "vip": it stays so (fail closed, docs/security.md), so
+    // anonymous REST reads stay refused. A vip who joins is alone in it.
     let members_http = Http { addr: nodes[2].addr() };
-    let members = wait_for("members of the deleted channel", LONG, || async {
-        let r = members_http.get(&format!("/v1/channels/{TOWN}/members")).await;
-        (r.status == 200).then(|| r.json())
+    assert_eq!(members_http.get(&format!("/v1/channels/{TOWN}/members")).await.status, 403);
+    let joined = wait_for("a vip alone in the deleted channel", LONG, || {
+        let url = format!("{}&roles=vip", nodes[2].ws_url_as("grace"));
+        async move {
+            let mut grace = Client::connect(&url).await;
+            let r = grace.request(json!({"op":"join","channel":TOWN})).await;
+            (r["ok"] == json!(true)).then_some(r)
+        }
     })
     .await;
-    assert_eq!(members["members"], json!([]));
+    assert_eq!(joined["members"], json!(1), "nobody else is a member any more: {joined}");
+    let mut outsider = Client::connect(&nodes[2].ws_url_as("mallory")).await;
+    assert_eq!(outsider.error_code(json!({"op":"join","channel":TOWN})).await, "forbidden");
     println!("delete: members closed and object gone after {:?}", deleted_at.elapsed());
     let reasons: Vec<String> =
         fake.objects("events", NS).iter().filter_map(|e| e["reason"].as_str().map(str::to_string)).collect();

@@ -95,3 +95,34 @@ async fn redis_down_is_an_error_not_a_hang() {
     assert!(s.put_config("x", "{}").await.is_err());
     assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
 }
+
+#[tokio::test]
+async fn the_operator_writes_over_tls_when_the_url_says_rediss() {
+    let redis = RedisServer::start_tls();
+    let ca = redis.ca_file();
+    let s = Store::connect_with_ca(&redis.url(), Some(&ca), "sc", Duration::from_secs(2)).await.unwrap();
+    assert!(s.put_config("town-137", r#"{"name":"town-137"}"#).await.unwrap());
+    assert_eq!(redis.raw(&["HGET", "sc:channels", "town-137"]), r#"{"name":"town-137"}"#);
+    // Without the CA the server is not trusted: commands fail, nothing is written.
+    let untrusted = Store::connect(&redis.url(), "other", Duration::from_millis(500)).await.unwrap();
+    assert!(untrusted.put_config("town-1", r#"{"name":"town-1"}"#).await.is_err());
+    assert_eq!(redis.raw(&["EXISTS", "other:channels"]), "0");
+}
+
+#[tokio::test]
+async fn redis_urls_the_operator_cannot_honour_are_refused() {
+    for url in ["redis-sentinel://127.0.0.1:26379", "redis+unix:///tmp/r.sock", "127.0.0.1:6379"] {
+        let err = Store::connect(url, "sc", Duration::from_millis(200)).await.unwrap_err().to_string();
+        assert!(err.contains("redis://") || err.contains("scheme"), "{url}: {err}");
+    }
+    let err = Store::connect_with_ca(
+        "rediss://127.0.0.1:1",
+        Some(std::path::Path::new("/nonexistent.pem")),
+        "sc",
+        Duration::from_millis(200),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("/nonexistent.pem"), "{err}");
+}

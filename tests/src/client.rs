@@ -100,6 +100,11 @@ pub enum Closed {
 }
 
 impl Client {
+    /// Wraps a socket connected some other way (custom headers, TLS, …).
+    pub fn from_ws(ws: Ws) -> Client {
+        Client { ws, pending: Default::default(), next_id: 1 }
+    }
+
     pub async fn connect(url: &str) -> Client {
         let (ws, _) =
             tokio_tungstenite::connect_async(url).await.unwrap_or_else(|e| panic!("connect {url}: {e}"));

@@ -3,7 +3,7 @@
 //!
 //! ```no_run
 //! use shardchat_tests::node::ChatNode;
-//! let node = ChatNode::start();                                   // embedded mode
+//! let node = ChatNode::start();                   // embedded mode, --dev-mode
 //! let other = ChatNode::builder().args(["--idle-timeout", "2s"]).start();
 //! println!("{} {}", node.http_url(), node.ws_url_as("alice"));
 //! ```
@@ -58,6 +58,12 @@ pub struct ChatNode {
 }
 
 /// Options for [`ChatNode`]; see [`ChatNode::builder`].
+///
+/// A node refuses to start without a JWT key unless `--dev-mode` is given,
+/// so the builder adds `--dev-mode` unless the test configures
+/// authentication itself (a `--jwt-*`/`--jwks-file` flag or `CHAT_JWT_*` /
+/// `CHAT_JWKS_FILE` variable, or `--dev-mode` / `CHAT_DEV_MODE`) or asks for
+/// [`without_dev_mode`](Self::without_dev_mode).
 #[derive(Debug, Clone)]
 pub struct NodeBuilder {
     args: Vec<OsString>,
@@ -66,6 +72,7 @@ pub struct NodeBuilder {
     port: Option<u16>,
     /// Wait only until the process serves `/healthz` (not `/readyz`).
     live_only: bool,
+    dev_mode_default: bool,
 }
 
 impl Default for NodeBuilder {
@@ -76,9 +83,14 @@ impl Default for NodeBuilder {
             ready_timeout: DEFAULT_READY_TIMEOUT,
             port: None,
             live_only: false,
+            dev_mode_default: true,
         }
     }
 }
+
+/// Flags and variables that configure authentication (or its absence).
+const AUTH_FLAGS: &[&str] = &["--jwt-secret", "--jwt-public-key", "--jwks-file", "--dev-mode"];
+const AUTH_ENVS: &[&str] = &["CHAT_JWT_SECRET", "CHAT_JWT_PUBLIC_KEY", "CHAT_JWKS_FILE", "CHAT_DEV_MODE"];
 
 impl NodeBuilder {
     /// One extra command-line argument (after `--listen 127.0.0.1:<port>`).
@@ -115,6 +127,26 @@ impl NodeBuilder {
         self
     }
 
+    /// Do not add `--dev-mode` (e.g. to see a node refuse to start without a key).
+    pub fn without_dev_mode(mut self) -> Self {
+        self.dev_mode_default = false;
+        self
+    }
+
+    /// The arguments the node gets after `--listen`.
+    fn effective_args(&self) -> Vec<OsString> {
+        let configures_auth = self.args.iter().any(|a| {
+            let a = a.to_string_lossy();
+            AUTH_FLAGS.iter().any(|f| a == *f || a.starts_with(&format!("{f}=")))
+        }) || self.envs.iter().any(|(k, _)| AUTH_ENVS.iter().any(|e| k == e));
+        let mut args = Vec::with_capacity(self.args.len() + 1);
+        if self.dev_mode_default && !configures_auth {
+            args.push(OsString::from("--dev-mode"));
+        }
+        args.extend(self.args.iter().cloned());
+        args
+    }
+
     /// Starts the node and waits until it is ready; panics with the node's
     /// log tail when it does not get there.
     /// `start` returns once the node serves HTTP (`/healthz`), ready or not:
@@ -134,6 +166,7 @@ impl NodeBuilder {
     /// Like [`start`](Self::start), returning the error instead of panicking.
     pub fn try_start(self) -> anyhow::Result<ChatNode> {
         let bin = chat_node_bin()?;
+        let args = self.effective_args();
         let mut last_err = None;
         let attempts = if self.port.is_some() { 1 } else { PORT_ATTEMPTS };
         for _ in 0..attempts {
@@ -144,12 +177,12 @@ impl NodeBuilder {
             let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
             let dir = TempDir::new("chat-node")?;
             let log_path = dir.path().join("node.log");
-            let child = spawn(&bin, addr, &self.args, &self.envs, &log_path)?;
+            let child = spawn(&bin, addr, &args, &self.envs, &log_path)?;
             let mut node = ChatNode {
                 child,
                 addr,
                 bin: bin.clone(),
-                args: self.args.clone(),
+                args: args.clone(),
                 envs: self.envs.clone(),
                 dir,
                 logs: vec![log_path],
@@ -172,7 +205,7 @@ impl NodeBuilder {
 }
 
 impl ChatNode {
-    /// Starts a node in embedded mode with default flags.
+    /// Starts a node in embedded mode with default flags (and `--dev-mode`).
     pub fn start() -> ChatNode {
         NodeBuilder::default().start()
     }
@@ -596,6 +629,22 @@ mod tests {
         let (code, body) = parse_response(raw).unwrap();
         assert_eq!((code, body.as_str()), (503, "not ready"));
         assert!(parse_response(b"garbage").is_err());
+    }
+
+    #[test]
+    fn dev_mode_is_added_unless_the_test_configures_auth() {
+        let args = |b: NodeBuilder| {
+            b.effective_args().iter().map(|a| a.to_string_lossy().into_owned()).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            args(NodeBuilder::default().arg("--idle-timeout").arg("2s")),
+            ["--dev-mode", "--idle-timeout", "2s"]
+        );
+        assert_eq!(args(NodeBuilder::default().args(["--jwt-secret", "s"])), ["--jwt-secret", "s"]);
+        assert_eq!(args(NodeBuilder::default().arg("--jwks-file=/k.json")), ["--jwks-file=/k.json"]);
+        assert_eq!(args(NodeBuilder::default().env("CHAT_JWT_SECRET", "s")), Vec::<String>::new());
+        assert_eq!(args(NodeBuilder::default().arg("--dev-mode")), ["--dev-mode"]);
+        assert_eq!(args(NodeBuilder::default().without_dev_mode()), Vec::<String>::new());
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! A private `redis-server` for one test: a free loopback port, no
 //! persistence, and control over its life (stop, kill, restart empty).
+//! [`RedisServer::start_tls`] serves TLS only, with a certificate from a
+//! throw-away CA the test makes with the `openssl` command.
 
 use std::net::TcpStream;
 use std::path::PathBuf;
@@ -16,6 +18,78 @@ pub struct RedisServer {
     dir: TempDir,
     /// Extra `redis-server` flags, kept across restarts.
     extra: Vec<String>,
+    tls: bool,
+}
+
+/// Runs `openssl` with `args` in `dir`.
+fn openssl(dir: &std::path::Path, args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .context("running openssl (apt-get install -y openssl)")?;
+    if !out.status.success() {
+        bail!("openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+/// A CA (`ca.pem`) and a server certificate for 127.0.0.1 and localhost
+/// signed by it (`server.pem`, `server.key`), P-256, valid for a day.
+fn make_certificates(dir: &std::path::Path) -> anyhow::Result<()> {
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    openssl(
+        dir,
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=Shardchat test CA",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ],
+        ]
+        .concat(),
+    )?;
+    openssl(
+        dir,
+        &[&["req"][..], &ec, &["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost"]]
+            .concat(),
+    )?;
+    std::fs::write(
+        dir.join("server.ext"),
+        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n\
+         extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )?;
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "1",
+            "-extfile",
+            "server.ext",
+        ],
+    )
 }
 
 impl RedisServer {
@@ -47,7 +121,7 @@ impl RedisServer {
     pub fn reserve() -> anyhow::Result<RedisServer> {
         let dir = TempDir::new("shardchat-redis")?;
         let port = free_port()?;
-        Ok(RedisServer { child: None, port, dir, extra: Vec::new() })
+        Ok(RedisServer { child: None, port, dir, extra: Vec::new(), tls: false })
     }
 
     /// Starts a reserved (or killed) server on its port.
@@ -55,19 +129,38 @@ impl RedisServer {
         self.spawn().unwrap_or_else(|e| panic!("starting redis-server: {e:#}"));
     }
 
+    /// Starts `redis-server` serving TLS only (no plaintext port), with a
+    /// certificate for 127.0.0.1 from a fresh CA ([`ca_file`](Self::ca_file)).
+    pub fn start_tls() -> RedisServer {
+        let start = || -> anyhow::Result<RedisServer> {
+            let dir = TempDir::new("shardchat-redis-tls")?;
+            make_certificates(dir.path())?;
+            let port = free_port()?;
+            let mut server = RedisServer { child: None, port, dir, extra: Vec::new(), tls: true };
+            server.spawn()?;
+            Ok(server)
+        };
+        start().unwrap_or_else(|e| panic!("cannot start redis-server with TLS: {e:#}"))
+    }
+
+    /// The CA that signed a TLS server's certificate (PEM).
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
     fn spawn(&mut self) -> anyhow::Result<()> {
         let log = std::fs::File::create(self.log_path())?;
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+        let mut cmd = Command::new("redis-server");
+        if self.tls {
+            let file = |name: &str| self.dir.path().join(name).display().to_string();
+            cmd.args(["--port", "0", "--tls-port", &self.port.to_string()])
+                .args(["--tls-cert-file", &file("server.pem"), "--tls-key-file", &file("server.key")])
+                .args(["--tls-ca-cert-file", &file("ca.pem"), "--tls-auth-clients", "no"]);
+        } else {
+            cmd.args(["--port", &self.port.to_string()]);
+        }
+        let child = cmd
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .args(&self.extra)
             .arg("--dir")
             .arg(self.dir.path())
@@ -95,14 +188,25 @@ impl RedisServer {
         self.port
     }
 
+    /// `redis://127.0.0.1:<port>`, or `rediss://…` for a TLS server.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// The arguments that make `redis-cli` reach this server.
+    fn cli_args(&self) -> Vec<String> {
+        let mut args = vec!["-p".to_string(), self.port.to_string(), "--no-auth-warning".to_string()];
+        if self.tls {
+            args.extend(["--tls".to_string(), "--cacert".to_string(), self.ca_file().display().to_string()]);
+        }
+        args
     }
 
     /// Runs one command with `redis-cli` and returns its raw output.
     pub fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
         let out = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string(), "--no-auth-warning"])
+            .args(self.cli_args())
             .args(args)
             .output()
             .context("running redis-cli")?;
@@ -116,7 +220,8 @@ impl RedisServer {
     /// the trailing newline; panics (with the error) when redis-cli fails.
     pub fn raw(&self, args: &[&str]) -> String {
         let out = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string(), "--no-auth-warning", "--raw"])
+            .args(self.cli_args())
+            .arg("--raw")
             .args(args)
             .output()
             .unwrap_or_else(|e| panic!("running redis-cli {args:?}: {e}"));

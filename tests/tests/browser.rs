@@ -37,9 +37,12 @@ struct Client {
 
 impl Client {
     async fn connect(node: &ChatNode, user: &str) -> anyhow::Result<Client> {
-        let url = node.ws_url_as(user);
+        Self::connect_url(&node.ws_url_as(user), user).await
+    }
+
+    async fn connect_url(url: &str, user: &str) -> anyhow::Result<Client> {
         let (ws, _) =
-            tokio_tungstenite::connect_async(&url).await.with_context(|| format!("connecting to {url}"))?;
+            tokio_tungstenite::connect_async(url).await.with_context(|| format!("connecting to {url}"))?;
         Ok(Client { user: user.to_owned(), ws, next_id: 1, backlog: VecDeque::new() })
     }
 
@@ -489,4 +492,50 @@ async fn cdp_driver_clicks_types_and_evaluates() {
     page.screenshot(&shot).await.expect("screenshot");
     let png = std::fs::read(&shot).expect("reading the screenshot");
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+}
+
+const SECRET: &str = "browser-test-secret-of-at-least-32-bytes";
+
+fn token(sub: &str) -> String {
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 600;
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"sub": sub, "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// With tokens required, the page takes its token from the URL fragment
+/// (never sent to a server) and sends it as the WebSocket subprotocol, so no
+/// request line (and no proxy access log) carries it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_keeps_its_token_out_of_urls() {
+    let Some(chrome) = chromium_or_skip("browser_token") else { return };
+    let node = ChatNode::start_with(["--jwt-secret", SECRET]);
+    run_in_browser("browser_token", &chrome, &node, |page| async {
+        let r = token_out_of_urls(&page, &node).await;
+        (page, r)
+    })
+    .await;
+}
+
+async fn token_out_of_urls(page: &Page, node: &ChatNode) -> anyhow::Result<()> {
+    let mut bob = Client::connect_url(&format!("{}?token={}", node.ws_url(), token("bob")), "bob").await?;
+    bob.join(CHANNEL).await?;
+    // The page's ?token= (old links) is taken and removed from the address bar;
+    // the #token= form never reaches the server at all.
+    for (how, suffix, user) in [("fragment", "#token=", "page-user"), ("query", "?token=", "query-user")] {
+        page.navigate(&format!("{}/{suffix}{}", node.http_url(), token(user))).await?;
+        page.fill("#user", "typed-name").await?;
+        page.fill("#channel", CHANNEL).await?;
+        connect(page).await.with_context(|| format!("{how}: connecting with the token"))?;
+        let href = page.eval("location.pathname + location.search").await?;
+        ensure!(href.as_str().is_some_and(|h| !h.contains("token")), "{how}: token left in the URL: {href}");
+        let text = format!("signed in through the {how}");
+        page.fill("#text", &text).await?;
+        page.click("#send").await?;
+        bob.wait_message(user, &text).await.with_context(|| format!("{how}: the token's user speaks"))?;
+    }
+    Ok(())
 }

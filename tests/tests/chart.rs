@@ -15,6 +15,7 @@ use shardchat_tests::chart::{
 };
 
 const ALL: &str = "ci/all-features-values.yaml";
+const QUICKSTART: &str = "quickstart-values.yaml";
 const NODE: &str = "sc-shardchat-chat-node";
 const HEADLESS: &str = "sc-shardchat-chat-node-headless";
 const OPERATOR: &str = "sc-shardchat-operator";
@@ -26,6 +27,7 @@ fn scenarios() -> Vec<(&'static str, Vec<&'static str>, Vec<&'static str>)> {
     vec![
         ("default", vec![], vec![]),
         ("all-features", vec![ALL], vec![]),
+        ("quickstart", vec![QUICKSTART], vec![]),
         (
             "external-redis-secret",
             vec![],
@@ -207,11 +209,34 @@ fn dashboard_queries_use_real_metric_names() {
 
 // ---------------------------------------------------------------- helm
 
+/// Secrets the chart generates (random on every `helm template`).
+const GENERATED_SECRETS: [&str; 2] = ["sc-shardchat-auth", "sc-shardchat-redis-auth"];
+
+/// The rendered documents with the random values of generated Secrets
+/// replaced by a marker (after checking they look generated).
+fn without_generated_secrets(m: &Manifests) -> Vec<Value> {
+    let mut docs = m.docs.clone();
+    for d in docs.iter_mut().filter(|d| d["kind"] == "Secret") {
+        if !GENERATED_SECRETS.iter().any(|n| d["metadata"]["name"] == *n) {
+            continue;
+        }
+        for (key, v) in d["stringData"].as_object_mut().expect("stringData").iter_mut() {
+            let value = v.as_str().unwrap_or("");
+            assert!(
+                value.len() == 48 && value.chars().all(|c| c.is_ascii_alphanumeric()),
+                "{key}: a generated secret is 48 random alphanumerics, got {value:?}"
+            );
+            *v = json!("<generated>");
+        }
+    }
+    docs
+}
+
 #[test]
 fn helm_lint_strict_passes() {
     let Some(helms) = helms() else { return };
     for helm in &helms {
-        for values in [vec![], vec![ALL]] {
+        for values in [vec![], vec![ALL], vec![QUICKSTART]] {
             if let Err(e) = helm.lint(&values) {
                 panic!("helm {} lint --strict {values:?} failed:\n{e}", helm.version);
             }
@@ -230,10 +255,11 @@ fn helm_majors_3_and_4_render_the_same_manifests() {
         assert_eq!(majors, BTreeSet::from([3, 4]), "CI must test with helm 3 and helm 4 (HELM_BINS)");
     }
     for (label, values, sets) in scenarios() {
-        let renders: Vec<Manifests> = helms.iter().map(|h| h.render(&values, &sets)).collect();
+        let renders: Vec<Vec<Value>> =
+            helms.iter().map(|h| without_generated_secrets(&h.render(&values, &sets))).collect();
         for (h, r) in helms.iter().zip(&renders).skip(1) {
             assert_eq!(
-                r.docs, renders[0].docs,
+                r, &renders[0],
                 "{label}: helm {} renders differently from helm {}",
                 h.version, helms[0].version
             );
@@ -652,7 +678,7 @@ fn httproute_and_ingress_target_the_client_service() {
         let default = helm.render(&[], &[]);
         assert_eq!(default.of_kind("HTTPRoute").count(), 0, "HTTPRoute is off by default");
         assert_eq!(default.of_kind("Ingress").count(), 0, "Ingress is off by default");
-        assert_eq!(default.of_kind("NetworkPolicy").count(), 0);
+        assert_eq!(default.of_kind("NetworkPolicy").count(), 3, "NetworkPolicies are on by default");
         assert_eq!(default.of_kind("ServiceMonitor").count() + default.of_kind("PodMonitor").count(), 0);
 
         let m = helm.render(&[ALL], &[]);
@@ -739,6 +765,42 @@ fn httproute_and_ingress_target_the_client_service() {
     }
 }
 
+/// What `helm install` with no values gives a studio that exposes the Service.
+#[test]
+fn default_values_require_tokens_protect_redis_and_restrict_traffic() {
+    let Some(helms) = helms() else { return };
+    for helm in &helms {
+        let m = helm.render(&[], &[]);
+        let pod = &m.get("StatefulSet", NODE)["spec"]["template"]["spec"];
+        let node = container(pod, "chat-node");
+        // Tokens: a JWT key, never dev mode.
+        assert!(env(node, "CHAT_JWT_SECRET").is_some() && env(node, "CHAT_DEV_MODE").is_none());
+        // Redis: a password, protected mode, reached with the password.
+        let redis = container(&m.get("StatefulSet", REDIS)["spec"]["template"]["spec"], "redis");
+        let args: Vec<&str> = redis["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+        assert!(args.contains(&"--requirepass") && args.windows(2).any(|w| w == ["--protected-mode", "yes"]));
+        assert!(env_value(node, "CHAT_REDIS_URL").contains(":$(REDIS_PASSWORD)@"));
+        // Traffic: a NetworkPolicy for every component; Redis only from this release's pods.
+        for name in [NODE, OPERATOR, REDIS] {
+            assert_eq!(m.get("NetworkPolicy", name)["spec"]["policyTypes"], json!(["Ingress"]), "{name}");
+        }
+        let np = m.get("NetworkPolicy", REDIS);
+        let labels =
+            |kind: &str, name: &str| m.get(kind, name)["spec"]["template"]["metadata"]["labels"].clone();
+        let froms = np["spec"]["ingress"][0]["from"].as_array().unwrap();
+        assert_eq!(froms.len(), 2);
+        for f in froms {
+            assert!(f["namespaceSelector"].is_null(), "same namespace only");
+            let sel = &f["podSelector"]["matchLabels"];
+            assert_eq!(sel["app.kubernetes.io/instance"], chart::RELEASE, "this release's pods only");
+            assert!(
+                selects(sel, &labels("StatefulSet", NODE)) || selects(sel, &labels("Deployment", OPERATOR))
+            );
+        }
+        assert!(!selects(&froms[0]["podSelector"]["matchLabels"], &labels("StatefulSet", REDIS)));
+    }
+}
+
 #[test]
 fn operator_deployment_is_wired() {
     let Some(helms) = helms() else { return };
@@ -798,12 +860,37 @@ fn redis_is_bundled_or_external_from_a_secret() {
         let svc = m.get("Service", REDIS);
         let node = container(&m.get("StatefulSet", NODE)["spec"]["template"]["spec"], "chat-node");
         let port = svc["spec"]["ports"][0]["port"].as_u64().unwrap();
-        assert_eq!(env_value(node, "CHAT_REDIS_URL"), format!("redis://{REDIS}:{port}"));
+        // The password comes from the generated Secret and is expanded into the URL.
+        assert_eq!(env_value(node, "CHAT_REDIS_URL"), format!("redis://:$(REDIS_PASSWORD)@{REDIS}:{port}"));
+        let password_ref =
+            json!({"secretKeyRef": {"name": "sc-shardchat-redis-auth", "key": "redis-password"}});
+        assert_eq!(env(node, "REDIS_PASSWORD").unwrap()["valueFrom"], password_ref);
         let rc = container(&redis["spec"]["template"]["spec"], "redis");
         assert!(redis["spec"]["volumeClaimTemplates"].is_null(), "no persistence by default");
         let args: Vec<&str> = rc["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
         assert!(args.windows(2).any(|w| w == ["--appendonly", "no"]), "{args:?}");
-        assert_eq!(m.of_kind("Secret").count(), 0);
+        assert!(args.windows(2).any(|w| w == ["--requirepass", "$(REDIS_PASSWORD)"]), "{args:?}");
+        assert!(args.windows(2).any(|w| w == ["--protected-mode", "yes"]), "{args:?}");
+        assert!(!args.windows(2).any(|w| w == ["--protected-mode", "no"]), "{args:?}");
+        assert_eq!(env(rc, "REDIS_PASSWORD").unwrap()["valueFrom"], password_ref);
+        assert_eq!(env(rc, "REDISCLI_AUTH").unwrap()["valueFrom"], password_ref, "the probe authenticates");
+        m.get("Secret", "sc-shardchat-redis-auth");
+        let op = container(&m.get("Deployment", OPERATOR)["spec"]["template"]["spec"], "chat-operator");
+        assert_eq!(env(op, "REDIS_PASSWORD").unwrap()["valueFrom"], password_ref);
+
+        // A password from an existing Secret (stable under `helm template`).
+        let m = helm.render(&[], &["redis.auth.existingSecret=my-redis", "redis.auth.existingSecretKey=pw"]);
+        assert!(!m.of_kind("Secret").any(|s| s["metadata"]["name"] == "sc-shardchat-redis-auth"));
+        let node = container(&m.get("StatefulSet", NODE)["spec"]["template"]["spec"], "chat-node");
+        assert_eq!(
+            env(node, "REDIS_PASSWORD").unwrap()["valueFrom"],
+            json!({"secretKeyRef": {"name": "my-redis", "key": "pw"}})
+        );
+        // Password off (explicitly): no Secret, protected mode off so pods can connect.
+        let m = helm.render(&[], &["redis.auth.enabled=false"]);
+        let node = container(&m.get("StatefulSet", NODE)["spec"]["template"]["spec"], "chat-node");
+        assert_eq!(env_value(node, "CHAT_REDIS_URL"), format!("redis://{REDIS}:{port}"));
+        assert!(!m.of_kind("Secret").any(|s| s["metadata"]["name"] == "sc-shardchat-redis-auth"));
 
         // Persistence on: a PVC template mounted at /data.
         let p = helm.render(&[ALL], &[]);
@@ -820,7 +907,9 @@ fn redis_is_bundled_or_external_from_a_secret() {
             &["redis.enabled=false", "redis.existingSecret=prod-redis", "redis.existingSecretKey=url"],
         );
         assert_eq!(m.of_kind("StatefulSet").count(), 1);
-        assert_eq!(m.of_kind("Secret").count(), 0);
+        let secrets: Vec<&Value> = m.of_kind("Secret").collect();
+        assert_eq!(secrets.len(), 1, "only the generated auth Secret");
+        assert_eq!(secrets[0]["metadata"]["name"], "sc-shardchat-auth");
         let node = container(&m.get("StatefulSet", NODE)["spec"]["template"]["spec"], "chat-node");
         let op = container(&m.get("Deployment", OPERATOR)["spec"]["template"]["spec"], "chat-operator");
         let from = json!({"secretKeyRef": {"name": "prod-redis", "key": "url"}});
@@ -844,14 +933,64 @@ fn redis_is_bundled_or_external_from_a_secret() {
 }
 
 #[test]
-fn auth_secret_wiring_is_optional() {
+fn auth_is_on_by_default_and_dev_mode_only_on_request() {
     let Some(helms) = helms() else { return };
     for helm in &helms {
+        // Default: a generated HS256 secret and admin token; tokens required.
         let m = helm.render(&[], &[]);
         let node = container(&m.get("StatefulSet", NODE)["spec"]["template"]["spec"], "chat-node");
-        for name in ["CHAT_JWT_SECRET", "CHAT_JWT_PUBLIC_KEY", "CHAT_JWKS_FILE", "CHAT_ADMIN_TOKEN"] {
-            assert!(env(node, name).is_none(), "{name} must be off by default");
+        assert_eq!(
+            env(node, "CHAT_JWT_SECRET").unwrap()["valueFrom"],
+            json!({"secretKeyRef": {"name": "sc-shardchat-auth", "key": "jwt-secret"}})
+        );
+        assert_eq!(
+            env(node, "CHAT_ADMIN_TOKEN").unwrap()["valueFrom"],
+            json!({"secretKeyRef": {"name": "sc-shardchat-auth", "key": "admin-token"}})
+        );
+        assert!(env(node, "CHAT_DEV_MODE").is_none(), "never dev mode by default");
+        let secret = m.get("Secret", "sc-shardchat-auth");
+        for key in ["jwt-secret", "admin-token"] {
+            assert!(
+                secret["stringData"][key].as_str().unwrap().len() >= 32,
+                "{key}: long enough for the node"
+            );
         }
+        for name in
+            ["CHAT_JWT_ISSUER", "CHAT_JWT_AUDIENCE", "CHAT_DEFAULT_JOIN_ROLES", "CHAT_ALLOWED_ORIGINS"]
+        {
+            assert!(env(node, name).is_none(), "{name} is unset by default");
+        }
+
+        // Dev mode only when asked for, and then no keys at all.
+        for m in [helm.render(&[QUICKSTART], &[]), helm.render(&[], &["auth.devMode=true"])] {
+            let node = container(&m.get("StatefulSet", NODE)["spec"]["template"]["spec"], "chat-node");
+            assert_eq!(env_value(node, "CHAT_DEV_MODE"), "true");
+            for name in ["CHAT_JWT_SECRET", "CHAT_JWT_PUBLIC_KEY", "CHAT_JWKS_FILE", "CHAT_ADMIN_TOKEN"] {
+                assert!(env(node, name).is_none(), "{name} in dev mode");
+            }
+            assert!(!m.of_kind("Secret").any(|s| s["metadata"]["name"] == "sc-shardchat-auth"));
+        }
+
+        // Issuer, audience, default access and origins reach the node.
+        let m = helm.render(
+            &[],
+            &[
+                "auth.issuer=game-backend",
+                "auth.audience=shardchat",
+                "chatNode.defaultAccess.joinRoles={player}",
+                "chatNode.defaultAccess.publishRoles={player,verified}",
+                "chatNode.allowedOrigins={https://play.example.com,https://beta.example.com}",
+            ],
+        );
+        let node = container(&m.get("StatefulSet", NODE)["spec"]["template"]["spec"], "chat-node");
+        assert_eq!(env_value(node, "CHAT_JWT_ISSUER"), "game-backend");
+        assert_eq!(env_value(node, "CHAT_JWT_AUDIENCE"), "shardchat");
+        assert_eq!(env_value(node, "CHAT_DEFAULT_JOIN_ROLES"), "player");
+        assert_eq!(env_value(node, "CHAT_DEFAULT_PUBLISH_ROLES"), "player,verified");
+        assert_eq!(
+            env_value(node, "CHAT_ALLOWED_ORIGINS"),
+            "https://play.example.com,https://beta.example.com"
+        );
 
         let m = helm.render(&[ALL], &[]);
         let pod = &m.get("StatefulSet", NODE)["spec"]["template"]["spec"];
@@ -891,9 +1030,26 @@ fn auth_secret_wiring_is_optional() {
             );
         }
 
-        let err =
-            helm.template(&[], &["auth.existingSecret=x"]).expect_err("a Secret without keys is a mistake");
-        assert!(err.contains("auth.existingSecret is set but"), "{err}");
+        assert!(
+            !m.of_kind("Secret").any(|s| s["metadata"]["name"] == "sc-shardchat-auth"),
+            "no generated one"
+        );
+
+        // Combinations the nodes would refuse to start with do not render.
+        let refuse = |sets: &[&str], expect: &str| {
+            let err = helm.template(&[], sets).expect_err(&format!("{sets:?} must not render"));
+            assert!(err.contains(expect), "{sets:?}: {err}");
+        };
+        refuse(&["auth.existingSecret=x"], "auth.existingSecret is set but");
+        // An admin token alone used to count as "auth enabled" while the nodes ran in dev mode.
+        refuse(&["auth.existingSecret=x", "auth.adminTokenKey=admin"], "names no JWT key");
+        refuse(&["auth.existingSecret=x", "auth.jwtSecretKey=s", "auth.devMode=true"], "cannot be combined");
+        refuse(&["auth.jwksKey=jwks.json"], "which is not set");
+        // Dev mode with a static admin token is fine.
+        let m = helm.render(&[], &["auth.devMode=true", "auth.existingSecret=x", "auth.adminTokenKey=admin"]);
+        let node = container(&m.get("StatefulSet", NODE)["spec"]["template"]["spec"], "chat-node");
+        assert_eq!(env_value(node, "CHAT_DEV_MODE"), "true");
+        assert!(env(node, "CHAT_ADMIN_TOKEN").is_some());
     }
 }
 
@@ -914,6 +1070,11 @@ fn values_schema_rejects_unknown_keys_and_wrong_types() {
             "service.port=0",
             "chatNode.image.digest=latest",
             "ingress.hosts=chat.example.com",
+            "auth.devMode=sometimes",
+            "redis.auth.enabled=maybe",
+            "chatNode.allowedOrigins={evil}",
+            "chatNode.defaultAccess.joinRoles={bad role}",
+            "chatNode.defaultAccess.everyone=true",
         ] {
             let err = helm.template(&[], &[bad]).err().unwrap_or_else(|| {
                 panic!("helm {}: --set {bad} rendered, the schema should reject it", helm.version)
@@ -1021,7 +1182,11 @@ fn notes_tell_how_to_connect_and_what_to_try() {
         assert!(text.contains(&format!("port-forward svc/{NODE} 8080:80")), "{text}");
         assert!(text.contains("http://localhost:8080/"), "{text}");
         assert!(text.contains("/v1/ws"), "{text}");
-        assert!(text.contains("dev mode"), "{text}");
+        // Default: tokens required, and where the generated secret is.
+        assert!(text.contains("JWT required") && !text.contains("DEV MODE"), "{text}");
+        assert!(text.contains("get secret sc-shardchat-auth"), "{text}");
+        assert!(text.contains("quickstart-values.yaml"), "{text}");
+        assert!(text.contains("NetworkPolicies: on"), "{text}");
         assert!(text.contains("bundled Redis"), "{text}");
         assert!(text.contains("get chatchannels"), "{text}");
         assert!(text.contains("scale statefulset/"), "{text}");
@@ -1038,8 +1203,13 @@ fn notes_tell_how_to_connect_and_what_to_try() {
 
         let text = notes(helm, &[ALL], &[]).unwrap();
         assert!(text.contains("wss://chat.example.com/v1/ws"), "{text}");
-        assert!(text.contains("Bearer"), "{text}");
-        assert!(!text.contains("dev mode"), "{text}");
+        assert!(text.contains("Bearer") && text.contains("Secret shardchat-auth"), "{text}");
+        assert!(!text.contains("DEV MODE"), "{text}");
+
+        // The quickstart says loudly that nothing is authenticated.
+        let text = notes(helm, &[QUICKSTART], &[]).unwrap();
+        assert!(text.contains("DEV MODE") && text.contains("Authentication: OFF"), "{text}");
+        assert!(text.contains("?user=<id>") && text.contains("pick two names"), "{text}");
     }
     if rendered == 0 {
         use std::io::Write as _;

@@ -114,22 +114,36 @@ app.kubernetes.io/name=chat-node,app.kubernetes.io/instance={{ .Release.Name }}
 {{- end }}
 
 {{/*
-Redis URL as an EnvVar value source. Bundled Redis: plain in-cluster URL.
-External: a secretKeyRef to existingSecret, or to the Secret the chart
-creates from redis.url.
+Redis URL as EnvVar entries. Bundled Redis: REDIS_PASSWORD from the
+password Secret, then the in-cluster URL that references it (Kubernetes
+expands $(REDIS_PASSWORD) from the entry defined just before; the pod spec
+never holds the password). External: a secretKeyRef to existingSecret, or
+to the Secret the chart creates from redis.url.
 */}}
 {{- define "shardchat.redis.urlEnv" -}}
 {{- $name := index . 0 -}}
 {{- $root := index . 1 -}}
-- name: {{ $name }}
 {{- if $root.Values.redis.enabled }}
+{{- if $root.Values.redis.auth.enabled }}
+- name: REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "shardchat.redis.passwordSecret" $root }}
+      key: {{ include "shardchat.redis.passwordKey" $root }}
+- name: {{ $name }}
+  value: {{ printf "redis://:$(REDIS_PASSWORD)@%s:6379" (include "shardchat.redis.name" $root) | quote }}
+{{- else }}
+- name: {{ $name }}
   value: {{ printf "redis://%s:6379" (include "shardchat.redis.name" $root) | quote }}
+{{- end }}
 {{- else if $root.Values.redis.existingSecret }}
+- name: {{ $name }}
   valueFrom:
     secretKeyRef:
       name: {{ $root.Values.redis.existingSecret }}
       key: {{ $root.Values.redis.existingSecretKey }}
 {{- else if $root.Values.redis.url }}
+- name: {{ $name }}
   valueFrom:
     secretKeyRef:
       name: {{ printf "%s-redis-url" (include "shardchat.fullname" $root) }}
@@ -137,6 +151,35 @@ creates from redis.url.
 {{- else }}
 {{- fail "Redis is required: set redis.enabled=true (bundled, for trying it out) or redis.existingSecret / redis.url (external)" }}
 {{- end }}
+{{- end }}
+
+{{/* The bundled Redis password: a Secret the chart generates, or redis.auth.existingSecret. */}}
+{{- define "shardchat.redis.passwordSecret" -}}
+{{- default (printf "%s-redis-auth" (include "shardchat.fullname" .)) .Values.redis.auth.existingSecret -}}
+{{- end }}
+{{- define "shardchat.redis.passwordKey" -}}
+{{- if .Values.redis.auth.existingSecret -}}
+{{- .Values.redis.auth.existingSecretKey -}}
+{{- else -}}
+redis-password
+{{- end -}}
+{{- end }}
+
+{{/*
+A generated secret value that survives upgrades: the value already stored
+in Secret <name> under <key> when there is one (helm install/upgrade can
+look it up), else a fresh random one (always with `helm template`).
+*/}}
+{{- define "shardchat.generatedSecret" -}}
+{{- $root := index . 0 -}}
+{{- $name := index . 1 -}}
+{{- $key := index . 2 -}}
+{{- $existing := lookup "v1" "Secret" $root.Release.Namespace $name -}}
+{{- if and $existing $existing.data (hasKey $existing.data $key) -}}
+{{- index $existing.data $key | b64dec -}}
+{{- else -}}
+{{- randAlphaNum 48 -}}
+{{- end -}}
 {{- end }}
 
 {{/* terminationGracePeriodSeconds of the chat nodes, checked against the drain. */}}
@@ -152,17 +195,45 @@ creates from redis.url.
 {{- end -}}
 {{- end }}
 
-{{/* Whether the auth Secret is wired in. */}}
-{{- define "shardchat.auth.enabled" -}}
-{{- if .Values.auth.existingSecret -}}
-{{- if not (or .Values.auth.jwtSecretKey .Values.auth.jwtPublicKeyKey .Values.auth.jwksKey .Values.auth.adminTokenKey) -}}
+{{/*
+How the nodes authenticate clients:
+  dev       auth.devMode: no tokens, ?user= trusted (CHAT_DEV_MODE)
+  existing  keys from auth.existingSecret
+  generated an HS256 secret and an admin token the chart generates into
+            <fullname>-auth (the default)
+Combinations the nodes would refuse to start with fail the render.
+*/}}
+{{- define "shardchat.auth.mode" -}}
+{{- $a := .Values.auth -}}
+{{- $jwtKey := or $a.jwtSecretKey $a.jwtPublicKeyKey $a.jwksKey -}}
+{{- if $a.devMode -}}
+{{- if $jwtKey -}}
+{{- fail "auth.devMode=true cannot be combined with a JWT key (auth.jwtSecretKey, auth.jwtPublicKeyKey, auth.jwksKey): the nodes would refuse to start" -}}
+{{- end -}}
+{{- if and $a.adminTokenKey (not $a.existingSecret) -}}
+{{- fail "auth.adminTokenKey needs auth.existingSecret" -}}
+{{- end -}}
+dev
+{{- else if $a.existingSecret -}}
+{{- if not (or $jwtKey $a.adminTokenKey) -}}
 {{- fail "auth.existingSecret is set but none of auth.jwtSecretKey, auth.jwtPublicKeyKey, auth.jwksKey, auth.adminTokenKey names a key in it" -}}
 {{- end -}}
-true
+{{- if not $jwtKey -}}
+{{- fail "auth.existingSecret names no JWT key (auth.jwtSecretKey, auth.jwtPublicKeyKey or auth.jwksKey): an admin token alone does not authenticate clients. Name a JWT key, or set auth.devMode=true to run without authentication (for trying it out only)" -}}
+{{- end -}}
+existing
+{{- else -}}
+{{- if or $jwtKey $a.adminTokenKey -}}
+{{- fail "auth.jwtSecretKey, auth.jwtPublicKeyKey, auth.jwksKey and auth.adminTokenKey name keys of auth.existingSecret, which is not set" -}}
+{{- end -}}
+generated
 {{- end -}}
 {{- end }}
+{{- define "shardchat.auth.generatedSecret" -}}
+{{- printf "%s-auth" (include "shardchat.fullname" .) -}}
+{{- end }}
 {{- define "shardchat.auth.files" -}}
-{{- if and .Values.auth.existingSecret (or .Values.auth.jwtPublicKeyKey .Values.auth.jwksKey) -}}
+{{- if and (eq (include "shardchat.auth.mode" .) "existing") (or .Values.auth.jwtPublicKeyKey .Values.auth.jwksKey) -}}
 true
 {{- end -}}
 {{- end }}

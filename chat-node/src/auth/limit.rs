@@ -1,6 +1,7 @@
-//! Connection attempts per client IP: a keyed token bucket, checked before
-//! the WebSocket upgrade (and before any token work, so a flood of bogus
-//! tokens costs the node almost nothing).
+//! Requests per client IP: a keyed token bucket. One limits WebSocket
+//! connection attempts, checked before the upgrade (and before any token
+//! work, so a flood of bogus tokens costs the node almost nothing); another
+//! limits REST reads.
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
@@ -37,6 +38,12 @@ impl<C: Clock> IpLimiter<C> {
         self.limiter.as_ref().is_none_or(|l| l.check_key(&canonical(ip)).is_ok())
     }
 
+    /// True when `n` more tokens from `ip` are available now (all or none are taken).
+    pub fn admit_n(&self, ip: IpAddr, n: u32) -> bool {
+        let Some(n) = NonZeroU32::new(n) else { return true };
+        self.limiter.as_ref().is_none_or(|l| matches!(l.check_key_n(&canonical(ip), n), Ok(Ok(()))))
+    }
+
     /// Forgets IPs whose bucket is full again (bounded memory under churn).
     pub fn sweep(&self) {
         if let Some(l) = &self.limiter {
@@ -53,7 +60,7 @@ impl<C: Clock> IpLimiter<C> {
 /// IPv4-mapped IPv6 addresses count as the IPv4 address; other IPv6
 /// addresses are grouped by their /64, since one subscriber usually holds a
 /// whole /64 and could otherwise rotate through it.
-fn canonical(ip: IpAddr) -> IpAddr {
+pub(crate) fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
             Some(v4) => IpAddr::V4(v4),
@@ -98,6 +105,18 @@ mod tests {
         assert!(l.admit("2001:db8:1:3::1".parse().unwrap()));
         assert!(l.admit("198.51.100.1".parse().unwrap()));
         assert!(!l.admit("::ffff:198.51.100.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn weighted_requests_take_several_tokens() {
+        let clock = FakeRelativeClock::default();
+        let l = IpLimiter::with_clock(10, 20, clock.clone());
+        let a: IpAddr = "203.0.113.7".parse().unwrap();
+        assert!(l.admit_n(a, 10) && l.admit_n(a, 10));
+        assert!(!l.admit_n(a, 10) && !l.admit(a), "the burst is spent");
+        assert!(!l.admit_n(a, 1000), "more than the burst is never admitted");
+        clock.advance(Duration::from_secs(1));
+        assert!(l.admit_n(a, 10));
     }
 
     #[test]

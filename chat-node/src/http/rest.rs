@@ -1,11 +1,19 @@
 //! REST endpoints: history, members, channel list, server-side publish,
 //! health and metrics.
+//!
+//! Reads (history, members, channel list) follow the WebSocket's access
+//! rules: without a token the caller has no roles and sees only channels
+//! without `joinRoles`; with `Authorization: Bearer <JWT>` the token's roles
+//! count, exactly as for `join`. A bad token is 401, never "anonymous".
+//! Every read takes tokens from a per-IP bucket (`--rest-rate`), the
+//! channel list ten of them (it reads every active channel).
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -25,13 +33,25 @@ fn channel_name(raw: &str) -> ChatResult<ChannelName> {
     ChannelName::new(raw).map_err(|e| ChatError::bad_request(e.to_string()))
 }
 
-/// Resolves a channel for anonymous REST reads: it must exist (or be
-/// creatable) and must not be restricted to roles.
-fn public_channel(node: &Node, raw: &str) -> ChatResult<ChannelName> {
+/// The roles of a REST reader, after its per-IP admission (`cost` tokens).
+fn reader_roles(node: &Node, peer: SocketAddr, headers: &HeaderMap, cost: u32) -> ChatResult<Vec<String>> {
+    let admitted = node.auth.admit_rest(node.auth.client_ip(peer, headers), cost);
+    if let Err(e) = &admitted {
+        node.metrics.error(e.code);
+    }
+    admitted?;
+    Ok(node.auth.rest_identity(headers)?.map(|id| id.roles).unwrap_or_default())
+}
+
+/// Resolves a channel for a REST read by a caller with `roles`: it must
+/// exist (or be creatable) and its `joinRoles` must admit them.
+fn readable_channel(node: &Node, raw: &str, roles: &[String]) -> ChatResult<ChannelName> {
     let channel = channel_name(raw)?;
     let config = node.directory.resolve(&channel)?;
-    if !config.access.may_join(&[]) {
-        return Err(ChatError::forbidden(format!("{channel} is restricted to roles; use the WebSocket API")));
+    if !config.access.may_join(roles) {
+        return Err(ChatError::forbidden(format!(
+            "{channel} is restricted to roles; send `Authorization: Bearer <JWT>` with a token whose roles may join it"
+        )));
     }
     Ok(channel)
 }
@@ -47,13 +67,16 @@ pub struct MessagesBody {
     messages: Vec<ChatMessage>,
 }
 
-#[tracing::instrument(skip(node, q))]
+#[tracing::instrument(skip(node, q, peer, headers))]
 pub async fn history(
     State(node): State<Arc<Node>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     Path(channel): Path<String>,
     Query(q): Query<HistoryQuery>,
 ) -> ChatResult<Json<MessagesBody>> {
-    let channel = public_channel(&node, &channel)?;
+    let roles = reader_roles(&node, peer, &headers, 1)?;
+    let channel = readable_channel(&node, &channel, &roles)?;
     let limit = match q.limit.as_deref() {
         None | Some("") => None,
         Some(s) => Some(
@@ -73,12 +96,15 @@ pub struct MembersBody {
     members: Vec<String>,
 }
 
-#[tracing::instrument(skip(node))]
+#[tracing::instrument(skip(node, peer, headers))]
 pub async fn members(
     State(node): State<Arc<Node>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     Path(channel): Path<String>,
 ) -> ChatResult<Json<MembersBody>> {
-    let channel = public_channel(&node, &channel)?;
+    let roles = reader_roles(&node, peer, &headers, 1)?;
+    let channel = readable_channel(&node, &channel, &roles)?;
     Ok(Json(MembersBody { members: node.cluster.members(&channel).await? }))
 }
 
@@ -95,8 +121,15 @@ pub struct ChannelsBody {
     channels: Vec<ChannelSummary>,
 }
 
-#[tracing::instrument(skip(node))]
-pub async fn list_channels(State(node): State<Arc<Node>>) -> ChatResult<Json<ChannelsBody>> {
+/// Channels the caller may read (join), with member and message counts.
+/// Channels restricted to roles the caller lacks are left out entirely.
+#[tracing::instrument(skip(node, peer, headers))]
+pub async fn list_channels(
+    State(node): State<Arc<Node>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> ChatResult<Json<ChannelsBody>> {
+    let roles = reader_roles(&node, peer, &headers, crate::auth::CHANNEL_LIST_COST)?;
     let mut map = BTreeMap::new();
     for name in node.directory.declared_names() {
         summary(&node, &mut map, name);
@@ -107,6 +140,7 @@ pub async fn list_channels(State(node): State<Arc<Node>>) -> ChatResult<Json<Cha
     for (name, messages) in node.history.stats().await? {
         summary(&node, &mut map, name).messages = messages;
     }
+    map.retain(|name, _| node.directory.resolve(name).is_ok_and(|c| c.access.may_join(&roles)));
     Ok(Json(ChannelsBody { channels: map.into_values().collect() }))
 }
 
@@ -178,7 +212,14 @@ pub async fn healthz() -> &'static str {
 }
 
 pub async fn readyz(State(node): State<Arc<Node>>) -> Response {
+    if node.lifecycle.is_ready() && !node.directory.is_loaded() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "not ready: loading channel configuration").into_response();
+    }
     if node.lifecycle.is_ready() {
+        if node.auth.is_dev_mode() {
+            // Loud where operators look: probes, dashboards, curl.
+            return "ready (DEV MODE: clients are not authenticated; ?user= is trusted)".into_response();
+        }
         "ready".into_response()
     } else if node.lifecycle.is_draining() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response()

@@ -1,7 +1,12 @@
-//! `GET /v1/ws`: per-IP admission, identity check, limits, then the session
-//! takes over. Refusals are plain HTTP responses with a JSON error body
-//! (401 `unauthorized`, 429 `rate_limited`, 503 `unavailable`), so a client
-//! learns why before any WebSocket exists.
+//! `GET /v1/ws`: origin and per-IP admission, identity check, limits, then
+//! the session takes over. Refusals are plain HTTP responses with a JSON
+//! error body (401 `unauthorized`, 403 `forbidden` for a foreign origin, 429
+//! `rate_limited`, 503 `unavailable`), so a client learns why before any
+//! WebSocket exists.
+//!
+//! The open-connection slots (per IP, per user) taken here are held by the
+//! upgrade callback until the session ends. Nothing here logs the request
+//! URI: it may carry `?token=`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,10 +33,17 @@ pub async fn upgrade(
         node.metrics.error(e.code);
         e.into_response()
     };
+    if let Err(e) = node.auth.admit_origin(&headers) {
+        return refuse(e);
+    }
     let ip = node.auth.client_ip(peer, &headers);
     if let Err(e) = node.auth.admit_connection(ip) {
         return refuse(e);
     }
+    let ip_slot = match node.auth.hold_ip_slot(ip) {
+        Ok(slot) => slot,
+        Err(e) => return refuse(e),
+    };
     let Ok(Query(params)) = params else {
         return refuse(ChatError::bad_request("malformed query string"));
     };
@@ -39,6 +51,14 @@ pub async fn upgrade(
         Ok(id) => id,
         Err(e) => return refuse(e),
     };
+    let slots = match node.auth.hold_user_slot(ip_slot, &identity.user) {
+        Ok(slots) => slots,
+        Err(e) => return refuse(e),
+    };
+    // A browser that sent its token as the subprotocol `bearer.<JWT>` also
+    // offers `shardchat.v1`; selecting it completes its handshake without
+    // echoing the token.
+    let ws = ws.protocols([crate::auth::WS_PROTOCOL]);
     let max = node.config.max_frame_bytes;
     // Chat frames are small: modest per-connection buffers keep memory per
     // idle connection low (the library defaults are 128 KiB each way).
@@ -47,7 +67,10 @@ pub async fn upgrade(
         .read_buffer_size(WS_BUFFER_BYTES)
         .write_buffer_size(WS_BUFFER_BYTES)
         .on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
-        .on_upgrade(move |socket| session::run(node, socket, identity))
+        .on_upgrade(move |socket| async move {
+            let _slots = slots;
+            session::run(node, socket, identity).await
+        })
 }
 
 /// Read and write buffer size of each client WebSocket.

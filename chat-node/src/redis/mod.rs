@@ -52,6 +52,8 @@ pub struct RedisCtx {
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
     pub url: String,
+    /// Extra CA certificates (PEM) trusted for `rediss://`.
+    pub ca_file: Option<std::path::PathBuf>,
     pub prefix: String,
     /// Bound on every Redis command; past it the client gets `unavailable`.
     pub command_timeout: Duration,
@@ -69,8 +71,32 @@ pub struct RedisSettings {
 pub enum ConnectError {
     #[error("invalid Redis URL: {0}")]
     Url(String),
+    #[error("Redis TLS: {0}")]
+    Tls(#[from] shardchat_common::redis_url::TlsConfigError),
     #[error("Redis client: {0}")]
     Client(String),
+}
+
+/// The fred config for `url`: only `redis://` and `rediss://` are accepted;
+/// `rediss://` verifies the server against the system roots and `ca_file`.
+pub fn client_config(url: &str, ca_file: Option<&std::path::Path>) -> Result<Config, ConnectError> {
+    use shardchat_common::redis_url;
+    let checked = redis_url::check(url).map_err(|e| ConnectError::Url(e.to_string()))?;
+    let mut config = Config::from_url(url)
+        .map_err(|e| ConnectError::Url(format!("{}: {}", redis_url::redact(url), e.details())))?;
+    config.tls = if checked.tls {
+        let (tls, warnings) = redis_url::client_config(ca_file)?;
+        for w in warnings {
+            tracing::warn!("{w}");
+        }
+        Some(fred::types::config::TlsConnector::from(tls).into())
+    } else {
+        if ca_file.is_some() {
+            tracing::warn!("--redis-ca-file is ignored: the Redis URL is redis://, not rediss://");
+        }
+        None
+    };
+    Ok(config)
 }
 
 impl RedisCtx {
@@ -78,7 +104,7 @@ impl RedisCtx {
     /// being down at start is not fatal: the clients keep retrying (with
     /// backoff) and the node reports not-ready until they get through.
     pub async fn connect(settings: RedisSettings) -> Result<Arc<RedisCtx>, ConnectError> {
-        let mut config = Config::from_url(&settings.url).map_err(|e| ConnectError::Url(e.to_string()))?;
+        let mut config = client_config(&settings.url, settings.ca_file.as_deref())?;
         // Without this, a first connection that fails ends the client's
         // connection task for good: a node started before its Redis would
         // never connect.

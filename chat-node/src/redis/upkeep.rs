@@ -15,14 +15,19 @@
 //! * departed nodes: the inbox of a node that left the ring and has not
 //!   sent a heartbeat for a long time is deleted;
 //! * channel config following: `{p}:channels` is re-read when
-//!   `{p}:channels:version` moves.
+//!   `{p}:channels:version` moves;
+//! * retained access (`{p}:access`, see `crate::directory`): read every
+//!   second before the configs, and every restricted access this node knows
+//!   that is missing there is written back — so a channel keeps its roles
+//!   after its declaration goes, and a Redis that restarted empty gets the
+//!   records back from the nodes that survived it.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use fred::prelude::*;
 use fred::types::Expiration;
-use shardchat_common::{ChannelConfig, ChannelName, MessageId};
+use shardchat_common::{Access, ChannelConfig, ChannelName, MessageId};
 
 use super::RedisCtx;
 use super::inbox::{self, InboxHealth};
@@ -276,39 +281,98 @@ impl Upkeep {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
+            // Retained access first, so a node never serves a channel as
+            // public before it knows that channel used to be restricted.
+            let Ok(records) = self.read_access().await else { continue };
+            self.directory.retain_access(records.iter().map(|(n, a)| (n.clone(), a.clone())));
             let version: Option<String> =
                 match self.redis.client.get(self.redis.keys.channels_version()).await {
                     Ok(v) => v,
                     Err(_) => continue,
                 };
-            // Absent (never published, or Redis restarted empty): keep what we have.
-            let Some(version) = version else { continue };
-            if seen.as_ref() == Some(&version) {
-                continue;
-            }
-            let raw: std::collections::HashMap<String, String> =
-                match self.redis.client.hgetall(self.redis.keys.channels()).await {
-                    Ok(v) => v,
-                    Err(_) => continue,
-                };
-            let mut configs = self.file_channels.clone();
-            for (name, json) in raw {
-                match serde_json::from_str::<ChannelConfig>(&json) {
-                    Ok(c) if c.name.as_str() == name => {
-                        configs.retain(|f| f.name != c.name);
-                        configs.push(c);
-                    }
-                    Ok(_) => {
-                        tracing::warn!(channel = %name, "ignoring a channel config whose name does not match its field")
-                    }
-                    Err(e) => {
-                        tracing::warn!(channel = %name, error = %e, "ignoring an invalid channel config")
+            match version {
+                Some(version) if seen.as_ref() != Some(&version) && self.load_configs(&version).await => {
+                    seen = Some(version);
+                }
+                // Never published (or Redis restarted empty): keep what we
+                // have; a node that has nothing yet goes on with its file.
+                // Forget the version seen: a republished counter starts over.
+                None => {
+                    seen = None;
+                    if !self.directory.is_loaded() {
+                        tracing::info!("no channel configs in Redis; using the declared file channels only");
+                        self.directory.replace_all(self.file_channels.clone());
                     }
                 }
+                _ => {}
             }
-            tracing::info!(version = %version, channels = configs.len(), "channel configs updated");
-            self.directory.replace_all(configs);
-            seen = Some(version);
+            if let Err(e) = self.write_access(&records).await {
+                tracing::debug!(error = %e, "writing retained channel access failed");
+            }
         }
+    }
+
+    /// Reads `{p}:channels` into the directory; false when it could not.
+    async fn load_configs(&self, version: &str) -> bool {
+        let raw: std::collections::HashMap<String, String> =
+            match self.redis.client.hgetall(self.redis.keys.channels()).await {
+                Ok(v) => v,
+                Err(_) => return false,
+            };
+        let mut configs = self.file_channels.clone();
+        for (name, json) in raw {
+            match serde_json::from_str::<ChannelConfig>(&json) {
+                Ok(c) if c.name.as_str() == name => {
+                    configs.retain(|f| f.name != c.name);
+                    configs.push(c);
+                }
+                Ok(_) => {
+                    tracing::warn!(channel = %name, "ignoring a channel config whose name does not match its field")
+                }
+                Err(e) => {
+                    tracing::warn!(channel = %name, error = %e, "ignoring an invalid channel config")
+                }
+            }
+        }
+        tracing::info!(version = %version, channels = configs.len(), "channel configs updated");
+        self.directory.replace_all(configs);
+        true
+    }
+
+    /// `{p}:access`: channel → the access JSON it keeps without a declaration.
+    async fn read_access(&self) -> Result<Vec<(ChannelName, Access)>, fred::error::Error> {
+        let raw: std::collections::HashMap<String, String> =
+            self.redis.client.hgetall(self.redis.keys.access()).await?;
+        Ok(raw
+            .into_iter()
+            .filter_map(|(name, json)| {
+                let name = ChannelName::new(&name).ok()?;
+                match serde_json::from_str::<Access>(&json) {
+                    Ok(a) => Some((name, a)),
+                    Err(e) => {
+                        tracing::warn!(channel = %name, error = %e, "ignoring an invalid retained access record");
+                        None
+                    }
+                }
+            })
+            .collect())
+    }
+
+    /// Writes the restricted access this node knows that `{p}:access` lacks
+    /// (or holds differently), and drops records of channels now declared public.
+    async fn write_access(&self, stored: &[(ChannelName, Access)]) -> Result<(), fred::error::Error> {
+        let key = self.redis.keys.access();
+        let stored: std::collections::HashMap<&ChannelName, &Access> =
+            stored.iter().map(|(n, a)| (n, a)).collect();
+        for (name, access) in self.directory.restricted_access() {
+            if stored.get(&name) != Some(&&access) {
+                let json = serde_json::to_string(&access).unwrap_or_default();
+                let _: i64 = self.redis.client.hset(&key, (name.as_str(), json)).await?;
+            }
+        }
+        for name in self.directory.declared_public().iter().filter(|n| stored.contains_key(n)) {
+            let _: i64 = self.redis.client.hdel(&key, name.as_str()).await?;
+        }
+        Ok(())
     }
 }

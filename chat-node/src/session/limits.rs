@@ -1,6 +1,11 @@
-//! Per-connection rate limits: token buckets for publishes and for frames
-//! of any kind, and a strike window that closes a connection which keeps
-//! hitting them.
+//! Per-connection rate limits: token buckets for publishes, for membership
+//! changes (joins and leaves, which push presence to every member) and for
+//! frames of any kind, and a strike window that closes a connection which
+//! keeps hitting them.
+//!
+//! Every frame a client sends (text, binary, ping, pong — malformed or not)
+//! takes a frame token *before* it is parsed ([`Session::admit_frame`]), so
+//! garbage floods reach the 1008 close like any other flood.
 //!
 //! The clock is a parameter (governor's `Clock`), so tests drive the
 //! buckets and the strike window with a fake clock instead of sleeping.
@@ -8,12 +13,15 @@
 use std::num::NonZeroU32;
 use std::time::Duration;
 
+use axum::extract::ws::Message;
 use governor::clock::{Clock, DefaultClock, Reference};
 use governor::middleware::NoOpMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
-use shardchat_common::protocol::ErrorCode;
+use serde_json::Value;
+use shardchat_common::protocol::{ErrorCode, MAX_REQUEST_ID_LEN};
 
+use super::Session;
 use crate::config::Config;
 use crate::error::ChatError;
 
@@ -24,6 +32,7 @@ type Bucket<C> = RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<<C as Cl
 pub struct ConnectionLimits<C: Clock + Clone = DefaultClock> {
     clock: C,
     publish: Bucket<C>,
+    membership: Bucket<C>,
     frames: Bucket<C>,
     strikes: u32,
     window_start: C::Instant,
@@ -46,6 +55,7 @@ impl<C: Clock + Clone> ConnectionLimits<C> {
     pub fn with_clock(config: &Config, clock: C) -> Self {
         Self {
             publish: bucket(config.publish_rate, config.publish_burst, &clock),
+            membership: bucket(config.membership_rate, config.membership_burst, &clock),
             frames: bucket(config.frame_rate, config.frame_rate.saturating_mul(2), &clock),
             strikes: 0,
             window_start: clock.now(),
@@ -66,6 +76,16 @@ impl<C: Clock + Clone> ConnectionLimits<C> {
         })
     }
 
+    /// One join or leave (each pushes presence to every member of the channel).
+    pub fn admit_membership_change(&self) -> Result<(), ChatError> {
+        self.membership.check().map_err(|_| {
+            ChatError::new(
+                ErrorCode::RateLimited,
+                "joining and leaving too fast on this connection; slow down",
+            )
+        })
+    }
+
     /// Counts one rate-limited request; true when the connection should be closed.
     pub fn strike(&mut self) -> bool {
         let now = self.clock.now();
@@ -78,11 +98,72 @@ impl<C: Clock + Clone> ConnectionLimits<C> {
     }
 }
 
+impl Session {
+    /// Takes a frame token for `frame` before anything looks inside it. A
+    /// frame over the rate is answered `rate_limited` (with its `id` when one
+    /// is cheaply found), counts a strike, and is not handled; returns whether
+    /// to handle it.
+    pub(super) fn admit_frame(&mut self, frame: &Result<Message, axum::Error>) -> bool {
+        let text = match frame {
+            Ok(Message::Text(t)) => Some(t.as_str()),
+            Ok(Message::Binary(_) | Message::Ping(_) | Message::Pong(_)) => None,
+            Ok(Message::Close(_)) | Err(_) => return true,
+        };
+        match self.limits.admit_frame() {
+            Ok(()) => true,
+            Err(e) => {
+                self.rate_limited(text.and_then(request_id), e);
+                false
+            }
+        }
+    }
+}
+
+/// The `id` of a request frame, without building the request (unknown
+/// fields are skipped, not stored); `None` when there is no usable one.
+pub fn request_id(text: &str) -> Option<Value> {
+    #[derive(serde::Deserialize)]
+    struct IdOnly {
+        #[serde(default)]
+        id: Option<Value>,
+    }
+    if !text.trim_start().starts_with('{') {
+        return None;
+    }
+    match serde_json::from_str::<IdOnly>(text).ok()?.id? {
+        v @ Value::Number(_) => Some(v),
+        Value::String(s) if s.len() <= MAX_REQUEST_ID_LEN => Some(Value::String(s)),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use clap::Parser;
     use governor::clock::FakeRelativeClock;
+
+    #[test]
+    fn request_ids_are_found_without_parsing_the_request() {
+        assert_eq!(request_id(r#"{"op":"ping","id":7}"#), Some(Value::from(7)));
+        assert_eq!(request_id(r#"{"id":"a","op":{"deep":[1,2,3]}}"#), Some(Value::from("a")));
+        assert_eq!(request_id(r#"{"op":"ping"}"#), None);
+        assert_eq!(request_id(&format!(r#"{{"id":"{}"}}"#, "x".repeat(65))), None);
+        assert_eq!(request_id(r#"{"id":{"no":1}}"#), None);
+        for junk in ["", "not json", "[1]", "\u{0}", "{\"id\":1"] {
+            assert_eq!(request_id(junk), None, "{junk:?}");
+        }
+    }
+
+    #[test]
+    fn membership_bucket_default_is_2_per_second_burst_20() {
+        let (l, clock) = limits(&[]);
+        assert!((0..20).all(|_| l.admit_membership_change().is_ok()));
+        assert_eq!(l.admit_membership_change().unwrap_err().code, ErrorCode::RateLimited);
+        clock.advance(Duration::from_millis(500));
+        assert!(l.admit_membership_change().is_ok());
+        assert!(l.admit_membership_change().is_err());
+    }
 
     fn limits(args: &[&str]) -> (ConnectionLimits<FakeRelativeClock>, FakeRelativeClock) {
         let config = Config::parse_from([&["chat-node"], args].concat());

@@ -28,7 +28,7 @@ use crate::node::Node;
 pub use identity::Identity;
 use limits::ConnectionLimits;
 pub(crate) use ops::{check_content, clamp_limit};
-use outbound::{CloseReason, CloseSignal, Outbound, OutboundRx, SessionHandle};
+use outbound::{CloseReason, CloseSignal, Outbound, OutboundReceiver, QueueLimits, SessionHandle};
 
 /// Close sent when the session's token expires.
 const TOKEN_EXPIRED: CloseReason =
@@ -57,7 +57,8 @@ pub async fn run(node: Arc<Node>, socket: WebSocket, identity: Identity) {
         let _guard = node.lifecycle.session();
         node.metrics.connections.inc();
         node.metrics.connections_total.inc();
-        let (handle, rx, close) = SessionHandle::new(id, identity.user.clone(), node.config.outbound_queue);
+        let (handle, rx, close) =
+            SessionHandle::new(id, identity.user.clone(), QueueLimits::from_config(&node.config));
         let (sink, mut stream) = socket.split();
         let writer = tokio::spawn(
             write_loop(sink, rx, close.clone(), node.config.ping_interval, node.config.idle_timeout)
@@ -74,12 +75,12 @@ pub async fn run(node: Arc<Node>, socket: WebSocket, identity: Identity) {
             Some(r) if r != CloseReason::PEER_GONE => {
                 // Closing handshake: the writer sends our close frame, then we
                 // wait (briefly) for the client's, so it reads the code before
-                // the TCP connection goes away.
-                // A slow consumer's close frame waits behind the data its socket
-                // still holds: give it as long as any write may take.
-                let grace =
+                // the TCP connection goes away. A slow consumer's socket is
+                // full, so its close frame waits behind what is already being
+                // written: give the writer its own write timeout for that.
+                let writer_grace =
                     if r == CloseReason::SLOW_CONSUMER { node.config.idle_timeout } else { CLOSE_HANDSHAKE };
-                if tokio::time::timeout(grace, &mut writer).await.is_err() {
+                if tokio::time::timeout(writer_grace, &mut writer).await.is_err() {
                     writer.abort();
                 }
                 let _ = tokio::time::timeout(CLOSE_HANDSHAKE, async {
@@ -114,10 +115,8 @@ impl Session {
         // A token that runs out mid-session ends the session: the client
         // gets an `unauthorized` push, then close 4001, and reconnects with
         // a fresh token.
-        let expiry = match self.identity.expires_at {
-            Some(exp) => Instant::now() + crate::auth::time_left(exp, self.node.auth.leeway()),
-            None => Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600),
-        };
+        let expiry =
+            crate::auth::session_deadline(Instant::now(), self.identity.expires_at, self.node.auth.leeway());
         let expiry = tokio::time::sleep_until(expiry);
         tokio::pin!(expiry);
         let mut expired = false;
@@ -147,6 +146,9 @@ impl Session {
                 frame = stream.next(), if in_flight.len() < max_in_flight => {
                     let Some(frame) = frame else { return };
                     last_seen = Instant::now();
+                    if !self.admit_frame(&frame) {
+                        continue;
+                    }
                     match frame {
                         Ok(Message::Text(text)) => self.handle_text(&text, &mut in_flight).await,
                         Ok(Message::Binary(_)) => self.send_error(
@@ -172,9 +174,6 @@ impl Session {
             Ok(parsed) => parsed,
             Err(rejected) => return self.send_error(rejected.id, rejected.error.into()),
         };
-        if let Err(e) = self.limits.admit_frame() {
-            return self.rate_limited(id, e);
-        }
         let op = request.op();
         let span = tracing::debug_span!("request", op, id = ?id);
         if let Request::Publish { channel, text, meta, nonce } = request {
@@ -278,7 +277,7 @@ async fn feed(sink: &mut SplitSink<WebSocket, Message>, item: Outbound) -> Resul
 
 async fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
-    mut rx: OutboundRx,
+    mut rx: OutboundReceiver,
     close: Arc<CloseSignal>,
     ping_interval: Duration,
     write_timeout: Duration,
@@ -292,7 +291,7 @@ async fn write_loop(
                     // The `unauthorized` push was queued just before: deliver
                     // what is queued so the client learns why, then close.
                     let _ = tokio::time::timeout(write_timeout, async {
-                        while let Some(item) = rx.try_recv() {
+                        while let Ok(item) = rx.try_recv() {
                             feed(&mut sink, item).await?;
                         }
                         sink.flush().await
@@ -311,8 +310,8 @@ async fn write_loop(
                         feed(&mut sink, item).await?;
                         for _ in 0..MAX_FRAMES_PER_FLUSH {
                             match rx.try_recv() {
-                                Some(item) => feed(&mut sink, item).await?,
-                                None => break,
+                                Ok(item) => feed(&mut sink, item).await?,
+                                Err(_) => break,
                             }
                         }
                         sink.flush().await

@@ -23,8 +23,15 @@ pub struct TestNode {
 
 impl TestNode {
     /// Starts a node with `chat-node` flags (e.g. `["--idle-timeout", "1s"]`).
+    /// Without a JWT key among them the node runs with `--dev-mode`.
     pub async fn start(args: &[&str]) -> TestNode {
         let mut argv = vec!["chat-node", "--listen", "127.0.0.1:0", "--node-id", "test-node"];
+        let configures_auth = args
+            .iter()
+            .any(|a| ["--jwt-secret", "--jwt-public-key", "--jwks-file", "--dev-mode"].contains(a));
+        if !configures_auth {
+            argv.push("--dev-mode");
+        }
         argv.extend_from_slice(args);
         let config = Config::try_parse_from(argv).expect("valid test flags");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");

@@ -8,10 +8,8 @@ use shardchat_common::{ChannelName, MessageId};
 
 use super::readable_config;
 use crate::error::{ChatError, ChatResult};
+use crate::session::outbound::newest_within;
 use crate::session::{Session, encode};
-
-/// Queue slots kept free for other frames when a join replays history.
-const REPLY_ROOM: usize = 16;
 
 pub async fn handle(
     session: &mut Session,
@@ -30,6 +28,7 @@ pub async fn handle(
     if session.joined.len() >= max {
         return Err(ChatError::bad_request(format!("a connection may join at most {max} channels")));
     }
+    session.limits.admit_membership_change()?;
     let node = session.node.clone();
     let membership = node.hub.membership_lock(&channel, &session.identity.user).await;
     node.hub.subscribe(&channel, &session.handle);
@@ -56,15 +55,16 @@ pub async fn handle(
     session.joined.insert(channel.clone());
     let (backlog, recovered) = match since {
         Some(since) => match node.history.after(&channel, since).await {
+            // The replay goes through the connection's queue: a backlog past
+            // half of it (in bytes or in frames) keeps its newest messages and
+            // says `recovered: false`, as when retention dropped the rest.
             Ok(mut r) => {
-                // The replay goes through the connection's queue: never more
-                // than it holds (the newest then, and the client is told).
-                let room = node.config.outbound_queue.saturating_sub(REPLY_ROOM).max(1);
-                if r.messages.len() > room {
-                    r.messages.drain(..r.messages.len() - room);
-                    r.complete = false;
+                let by_bytes = newest_within(&r.messages, session.handle.reply_budget(), |m| m.frame.len());
+                let by_frames = r.messages.len().saturating_sub(session.handle.reply_frames());
+                match by_bytes.max(by_frames) {
+                    0 => (r.messages, Some(r.complete)),
+                    keep_from => (r.messages.split_off(keep_from), Some(false)),
                 }
-                (r.messages, Some(r.complete))
             }
             Err(e) => {
                 session.joined.remove(&channel);

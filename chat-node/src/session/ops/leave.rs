@@ -8,9 +8,11 @@ use crate::error::{ChatError, ChatResult};
 use crate::session::Session;
 
 pub async fn handle(session: &mut Session, channel: ChannelName) -> ChatResult<Reply> {
-    if !session.joined.remove(&channel) {
+    if !session.joined.contains(&channel) {
         return Err(ChatError::new(ErrorCode::NotJoined, format!("not joined to {channel}")));
     }
+    session.limits.admit_membership_change()?;
+    session.joined.remove(&channel);
     detach(session, &channel).await;
     Ok(Reply::ok(Value::Null))
 }
