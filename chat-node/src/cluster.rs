@@ -13,6 +13,7 @@ use futures_util::future::BoxFuture;
 use shardchat_common::ChannelName;
 use tokio::sync::oneshot;
 
+use crate::dm::{Conversations, DmRequest};
 use crate::error::{ChatError, ChatResult};
 use crate::owner::{OpOutcome, Owner, PublishRequest, Published, RequestContext, Respond};
 
@@ -23,6 +24,8 @@ pub trait Cluster: Send + Sync + 'static {
     fn join(&self, channel: &ChannelName, user: &str) -> BoxFuture<'static, ChatResult<usize>>;
     /// `user`'s last connection on this node left `channel`.
     fn leave(&self, channel: &ChannelName, user: &str) -> BoxFuture<'static, ChatResult<()>>;
+    /// Queues a direct message with its conversation's owner; resolves to its id.
+    fn dm(&self, req: DmRequest) -> BoxFuture<'static, ChatResult<Published>>;
     /// Distinct members wherever they are connected, sorted.
     fn members<'a>(&'a self, channel: &'a ChannelName) -> BoxFuture<'a, ChatResult<Vec<String>>>;
     /// Channels with members and their member counts.
@@ -70,12 +73,13 @@ pub fn left(outcome: BoxFuture<'static, ChatResult<OpOutcome>>) -> BoxFuture<'st
 /// The embedded single-node cluster: this node owns every channel.
 pub struct LocalCluster {
     owner: Arc<Owner>,
+    conversations: Arc<Conversations>,
     node_id: Arc<str>,
 }
 
 impl LocalCluster {
-    pub fn new(owner: Arc<Owner>, node_id: Arc<str>) -> Self {
-        Self { owner, node_id }
+    pub fn new(owner: Arc<Owner>, conversations: Arc<Conversations>, node_id: Arc<str>) -> Self {
+        Self { owner, conversations, node_id }
     }
 }
 
@@ -90,6 +94,10 @@ impl Cluster for LocalCluster {
 
     fn leave(&self, channel: &ChannelName, user: &str) -> BoxFuture<'static, ChatResult<()>> {
         left(answer(|respond| self.owner.leave(channel, user, &self.node_id, respond)))
+    }
+
+    fn dm(&self, req: DmRequest) -> BoxFuture<'static, ChatResult<Published>> {
+        published(answer(|respond| self.conversations.send(req, RequestContext::default(), respond)))
     }
 
     fn members<'a>(&'a self, channel: &'a ChannelName) -> BoxFuture<'a, ChatResult<Vec<String>>> {

@@ -77,6 +77,27 @@ pub struct Config {
     #[arg(long, env = "CHAT_MAX_DYNAMIC_CHANNELS", default_value_t = 10_000)]
     pub max_dynamic_channels: u64,
 
+    /// Direct messages kept per conversation (pair of users).
+    #[arg(long, env = "CHAT_DM_MAX_MESSAGES", default_value_t = 1_000)]
+    pub dm_max_messages: u32,
+
+    /// How long direct messages are kept (conversations and mailboxes, also for offline users).
+    #[arg(long, env = "CHAT_DM_MAX_AGE", value_parser = parse_duration, default_value = "30d")]
+    pub dm_max_age: Duration,
+
+    /// Entries kept in each user's mailbox: how far back `dm_sync` reaches.
+    #[arg(long, env = "CHAT_DM_MAILBOX_MAX", default_value_t = 10_000)]
+    pub dm_mailbox_max: u32,
+
+    /// Direct messages one user may receive per second (burst twice that).
+    #[arg(long, env = "CHAT_DM_RECIPIENT_RATE", default_value_t = 20)]
+    pub dm_recipient_rate: u32,
+
+    /// Sender name of system messages (`POST /v1/users/{user}/messages`);
+    /// reserved: players cannot send as it or to it.
+    #[arg(long, env = "CHAT_SYSTEM_SENDER", default_value = "system")]
+    pub system_sender: String,
+
     /// Declared channels (YAML or JSON list of channel configs) for running without the operator.
     #[arg(long, env = "CHAT_CHANNELS")]
     pub channels: Option<PathBuf>,
@@ -331,7 +352,7 @@ pub const MIN_OUTBOUND_QUEUE_BYTES: usize = 64 * 1024;
 /// `Instant + Duration` and `Duration + Duration` far from overflowing.
 pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
-/// Parses `250ms`, `20s`, `5m`, `1h` or a bare number of seconds, up to [`MAX_DURATION`].
+/// Parses `250ms`, `20s`, `5m`, `1h`, `30d` or a bare number of seconds, up to [`MAX_DURATION`].
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
@@ -342,7 +363,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "" | "s" => 1_000,
         "m" => 60_000,
         "h" => 3_600_000,
-        _ => return Err(format!("invalid duration unit in {s:?}: use ms, s, m or h")),
+        "d" => 86_400_000,
+        _ => return Err(format!("invalid duration unit in {s:?}: use ms, s, m, h or d")),
     };
     let too_long = || format!("duration {s:?} is too long: at most {} days", MAX_DURATION.as_secs() / 86_400);
     let millis = n.checked_mul(millis_per_unit).ok_or_else(too_long)?;

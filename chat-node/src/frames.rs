@@ -17,6 +17,15 @@ pub fn encode(frame: &ServerFrame) -> Utf8Bytes {
 
 /// Bytes `message` takes serialized (as a history item), without building it.
 pub fn json_len(message: &ChatMessage) -> usize {
+    serialized_len(message)
+}
+
+/// Bytes a direct message takes serialized, without building it.
+pub fn dm_json_len(message: &shardchat_common::protocol::DirectMessage) -> usize {
+    serialized_len(message)
+}
+
+fn serialized_len<T: serde::Serialize>(value: &T) -> usize {
     struct Count(usize);
     impl std::io::Write for Count {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -28,7 +37,7 @@ pub fn json_len(message: &ChatMessage) -> usize {
         }
     }
     let mut count = Count(0);
-    let _ = serde_json::to_writer(&mut count, message);
+    let _ = serde_json::to_writer(&mut count, value);
     count.0
 }
 
@@ -109,6 +118,43 @@ impl PushTemplate {
     }
 }
 
+/// A direct-message push before its id and cursor are known, in pieces
+/// the send script joins around them (like [`PushTemplate`]); `render`
+/// gives the same bytes as [`encode`] of the `ServerFrame::Dm`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DmPushTemplate {
+    /// `","from":"<f>","to":"<t>","text":"<x>","ts":` — between the cursor and the id's milliseconds.
+    pub middle: String,
+    /// `}` or `,"meta":{...}}`.
+    pub tail: String,
+}
+
+impl DmPushTemplate {
+    /// Before the id.
+    pub const HEAD: &'static str = "{\"op\":\"dm\",\"id\":\"";
+    /// Between the id and the cursor.
+    pub const CURSOR: &'static str = "\",\"cursor\":\"";
+
+    pub fn new(from: &str, to: &str, text: &str, meta_json: Option<&str>) -> DmPushTemplate {
+        DmPushTemplate {
+            middle: format!(
+                "\",\"from\":{},\"to\":{},\"text\":{},\"ts\":",
+                json_string(from),
+                json_string(to),
+                json_string(text)
+            ),
+            tail: match meta_json {
+                Some(m) => format!(",\"meta\":{m}}}"),
+                None => "}".to_string(),
+            },
+        }
+    }
+
+    pub fn render(&self, id: MessageId, cursor: MessageId) -> String {
+        format!("{}{id}{}{cursor}{}{}{}", Self::HEAD, Self::CURSOR, self.middle, id.ms, self.tail)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,6 +184,30 @@ mod tests {
             assert_eq!(rendered, encode(&ServerFrame::Message(message)).as_str());
             let parsed: Value = serde_json::from_str(&rendered).unwrap();
             assert_eq!(parsed["id"], json!("1732260000123-7"));
+        }
+    }
+
+    #[test]
+    fn a_rendered_dm_template_is_byte_for_byte_the_serialized_push() {
+        use shardchat_common::protocol::DirectMessage;
+        let mut meta = Map::new();
+        meta.insert("gift".into(), json!({"item": "sword", "n": 2}));
+        for (text, meta) in [("psst", None), ("\"quoted\"\n\u{0007} 한국어", Some(meta))] {
+            let id = MessageId::new(1_732_260_000_123, 2);
+            let cursor = MessageId::new(1_732_260_000_124, 0);
+            let meta_json = meta.as_ref().map(|m| serde_json::to_string(m).unwrap());
+            let rendered =
+                DmPushTemplate::new("alice", "bob@x", text, meta_json.as_deref()).render(id, cursor);
+            let dm = DirectMessage {
+                id,
+                cursor: Some(cursor),
+                from: "alice".into(),
+                to: "bob@x".into(),
+                text: text.into(),
+                ts: id.ms,
+                meta: meta.clone(),
+            };
+            assert_eq!(rendered, encode(&ServerFrame::Dm(dm)).as_str());
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod directory;
+pub mod dm;
 pub mod error;
 pub mod frames;
 pub mod history;

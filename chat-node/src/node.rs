@@ -8,6 +8,9 @@ use crate::auth::Auth;
 use crate::cluster::{Cluster, LocalCluster};
 use crate::config::Config;
 use crate::directory::Directory;
+use crate::dm::mailboxes::Mailboxes;
+use crate::dm::memory::MemoryDms;
+use crate::dm::{Conversations, DmLimits, DmStore};
 use crate::history::HistoryStore;
 use crate::history::memory::MemoryHistory;
 use crate::hub::Hub;
@@ -18,12 +21,13 @@ use crate::moderation::Moderator;
 use crate::owner::Owner;
 use crate::owner::sequencer::{Limits as SequencerLimits, Sequencer};
 use crate::redis::backend::RedisBackend;
+use crate::redis::dm::RedisDms;
 use crate::redis::history::RedisHistory;
 use crate::redis::inbox::{InboxHealth, InboxTargets};
 use crate::redis::outbox::Outbox;
 use crate::redis::owner_server::OwnerServer;
 use crate::redis::ring_view::RingView;
-use crate::redis::router::Router;
+use crate::redis::router::{Router, RouterParts};
 use crate::redis::upkeep::Upkeep;
 use crate::redis::{RedisCtx, RedisSettings};
 use shardchat_common::Ring;
@@ -38,6 +42,12 @@ pub struct Node {
     pub metrics: Arc<Metrics>,
     pub lifecycle: Arc<Lifecycle>,
     pub auth: Arc<Auth>,
+    /// Direct messages: the rules and the store.
+    pub conversations: Arc<Conversations>,
+    /// This node's connections by user, for direct messages.
+    pub mailboxes: Arc<Mailboxes>,
+    /// Serializes one user's registration changes on this node.
+    pub user_registration: crate::keyed_lock::KeyedLocks<Arc<str>>,
     next_session_id: AtomicU64,
 }
 
@@ -87,109 +97,148 @@ impl Node {
             Arc::new(Moderator::from_config(&config, metrics.registry()).map_err(StartError::Moderation)?);
         moderator.spawn_upkeep(config.reload_interval);
         let limits = SequencerLimits::default();
-        let (cluster, history): (Arc<dyn Cluster>, Arc<dyn HistoryStore>) = match &config.redis_url {
-            None => {
-                let memory = Arc::new(MemoryHistory::new());
-                let local_limits = LocalLimits {
-                    dedup_window: config.dedup_window,
-                    max_dynamic_channels: usize::try_from(config.max_dynamic_channels).unwrap_or(usize::MAX),
-                };
-                let backend = Arc::new(LocalBackend::new(memory.clone(), hub.clone(), local_limits));
-                let sequencer = Sequencer::new(backend, limits, metrics.clone());
-                tokio::spawn(sequencer.clone().run());
-                let owner = Arc::new(Owner::new(sequencer, directory.clone(), moderator));
-                let sweeper = memory.clone();
-                tokio::spawn(async move {
-                    let mut tick = tokio::time::interval(Duration::from_secs(30));
-                    loop {
-                        tick.tick().await;
-                        sweeper.sweep();
-                    }
-                });
-                (Arc::new(LocalCluster::new(owner, node_id.clone())), memory)
-            }
-            Some(url) => {
-                shardchat_common::ring::validate_node_id(&node_id)
-                    .map_err(|e| StartError::NodeId(node_id.to_string(), e))?;
-                let settings = RedisSettings {
-                    url: url.clone(),
-                    ca_file: config.redis_ca_file.clone(),
-                    prefix: config.redis_prefix.clone(),
-                    command_timeout: config.redis_timeout,
-                    request_timeout: config.request_timeout,
-                    inbox_maxlen: config.inbox_maxlen,
-                    dedup_window: config.dedup_window,
-                    max_dynamic_channels: config.max_dynamic_channels,
-                };
-                let redis = RedisCtx::connect(settings).await?;
-                lifecycle.set_problem("redis", Some("not connected to Redis yet".into()));
-                // Configs (and retained access) come from Redis: fail closed until read.
-                directory.set_loading();
-                let static_ring = !config.peers.is_empty();
-                let initial = if static_ring {
-                    Ring::new(1, config.vnodes, config.peers.iter().map(|p| p.trim()))?
-                } else {
-                    Ring::new(0, config.vnodes, Vec::<String>::new())?
-                };
-                let ring = Arc::new(RingView::new(initial, node_id.clone()));
-                let edge_id: Arc<str> = Arc::from(format!("{node_id}#{}", incarnation()));
-                let backend = Arc::new(RedisBackend::new(redis.clone()));
-                let sequencer = Sequencer::new(backend.clone(), limits, metrics.clone());
-                tokio::spawn(sequencer.clone().run());
-                let owner = Arc::new(Owner::new(sequencer, directory.clone(), moderator));
-                let outbox = Outbox::new(redis.clone());
-                let router = Router::new(
-                    redis.clone(),
-                    owner.clone(),
-                    backend.clone(),
-                    ring.clone(),
-                    outbox.clone(),
-                    node_id.clone(),
-                    edge_id,
-                );
-                tokio::spawn(router.clone().give_up_late_calls());
-                if !static_ring {
-                    let (ring2, owner2, redis2) = (ring.clone(), owner.clone(), redis.clone());
-                    tokio::spawn(ring.clone().follow(redis2, move || {
-                        owner2.retain_channels(|c| ring2.is_mine(c.as_str()));
-                    }));
-                }
-                let inbox_health = Arc::new(InboxHealth::default());
-                let targets = InboxTargets {
-                    hub: hub.clone(),
-                    router: router.clone(),
-                    owner_server: Arc::new(OwnerServer::new(owner.clone(), ring.clone(), outbox)),
-                    backend,
-                    metrics: metrics.clone(),
-                };
-                tokio::spawn(crate::redis::inbox::consume(
-                    redis.clone(),
-                    node_id.clone(),
-                    targets,
-                    inbox_health.clone(),
-                ));
-                let history: Arc<dyn HistoryStore> =
-                    Arc::new(RedisHistory::new(redis.clone(), directory.clone()));
-                Arc::new(Upkeep {
-                    redis: redis.clone(),
-                    router: router.clone(),
-                    ring,
-                    hub: hub.clone(),
-                    history: history.clone(),
-                    directory: directory.clone(),
-                    node_id: node_id.clone(),
-                    lifecycle: lifecycle.clone(),
-                    metrics: metrics.clone(),
-                    inbox_health,
-                    file_channels,
-                    node_ttl: config.node_ttl.max(Duration::from_millis(500)),
-                    forget_nodes_after: config.forget_nodes_after,
-                })
-                .spawn();
-                (router, history)
-            }
+        let mailboxes = Arc::new(Mailboxes::default());
+        let dm_limits = DmLimits {
+            max_messages: config.dm_max_messages,
+            max_age: config.dm_max_age,
+            mailbox_max: config.dm_mailbox_max,
+            per_recipient_rate: config.dm_recipient_rate,
         };
+        let conversations_with = |store: Arc<dyn DmStore>| {
+            Arc::new(Conversations::new(
+                store,
+                moderator.clone(),
+                config.moderation.into(),
+                dm_limits,
+                Arc::from(config.system_sender.as_str()),
+            ))
+        };
+        let (cluster, history, conversations): (Arc<dyn Cluster>, Arc<dyn HistoryStore>, Arc<Conversations>) =
+            match &config.redis_url {
+                None => {
+                    let memory = Arc::new(MemoryHistory::new());
+                    let local_limits = LocalLimits {
+                        dedup_window: config.dedup_window,
+                        max_dynamic_channels: usize::try_from(config.max_dynamic_channels)
+                            .unwrap_or(usize::MAX),
+                    };
+                    let backend = Arc::new(LocalBackend::new(memory.clone(), hub.clone(), local_limits));
+                    let sequencer = Sequencer::new(backend, limits, metrics.clone());
+                    tokio::spawn(sequencer.clone().run());
+                    let owner = Arc::new(Owner::new(sequencer, directory.clone(), moderator.clone()));
+                    let dms = conversations_with(Arc::new(MemoryDms::new(
+                        dm_limits,
+                        config.dedup_window,
+                        mailboxes.clone(),
+                    )));
+                    let sweeper = memory.clone();
+                    tokio::spawn(async move {
+                        let mut tick = tokio::time::interval(Duration::from_secs(30));
+                        loop {
+                            tick.tick().await;
+                            sweeper.sweep();
+                        }
+                    });
+                    (Arc::new(LocalCluster::new(owner, dms.clone(), node_id.clone())), memory, dms)
+                }
+                Some(url) => {
+                    shardchat_common::ring::validate_node_id(&node_id)
+                        .map_err(|e| StartError::NodeId(node_id.to_string(), e))?;
+                    let settings = RedisSettings {
+                        url: url.clone(),
+                        ca_file: config.redis_ca_file.clone(),
+                        prefix: config.redis_prefix.clone(),
+                        command_timeout: config.redis_timeout,
+                        request_timeout: config.request_timeout,
+                        inbox_maxlen: config.inbox_maxlen,
+                        dedup_window: config.dedup_window,
+                        max_dynamic_channels: config.max_dynamic_channels,
+                    };
+                    let redis = RedisCtx::connect(settings).await?;
+                    lifecycle.set_problem("redis", Some("not connected to Redis yet".into()));
+                    // Configs (and retained access) come from Redis: fail closed until read.
+                    directory.set_loading();
+                    let static_ring = !config.peers.is_empty();
+                    let initial = if static_ring {
+                        Ring::new(1, config.vnodes, config.peers.iter().map(|p| p.trim()))?
+                    } else {
+                        Ring::new(0, config.vnodes, Vec::<String>::new())?
+                    };
+                    let ring = Arc::new(RingView::new(initial, node_id.clone()));
+                    let edge_id: Arc<str> = Arc::from(format!("{node_id}#{}", incarnation()));
+                    let backend = Arc::new(RedisBackend::new(redis.clone()));
+                    let sequencer = Sequencer::new(backend.clone(), limits, metrics.clone());
+                    tokio::spawn(sequencer.clone().run());
+                    let owner = Arc::new(Owner::new(sequencer, directory.clone(), moderator.clone()));
+                    let redis_dms = Arc::new(RedisDms::new(redis.clone(), dm_limits, edge_id.clone()));
+                    let dms = conversations_with(redis_dms.clone());
+                    let outbox = Outbox::new(redis.clone());
+                    let router = Router::new(
+                        RouterParts {
+                            redis: redis.clone(),
+                            owner: owner.clone(),
+                            backend: backend.clone(),
+                            ring: ring.clone(),
+                            outbox: outbox.clone(),
+                            conversations: dms.clone(),
+                        },
+                        node_id.clone(),
+                        edge_id,
+                    );
+                    tokio::spawn(router.clone().give_up_late_calls());
+                    if !static_ring {
+                        let (ring2, owner2, redis2) = (ring.clone(), owner.clone(), redis.clone());
+                        tokio::spawn(ring.clone().follow(redis2, move || {
+                            owner2.retain_channels(|c| ring2.is_mine(c.as_str()));
+                        }));
+                    }
+                    let inbox_health = Arc::new(InboxHealth::default());
+                    let targets = InboxTargets {
+                        hub: hub.clone(),
+                        mailboxes: mailboxes.clone(),
+                        router: router.clone(),
+                        owner_server: Arc::new(OwnerServer::new(
+                            owner.clone(),
+                            dms.clone(),
+                            ring.clone(),
+                            outbox,
+                        )),
+                        backend,
+                        metrics: metrics.clone(),
+                    };
+                    tokio::spawn(crate::redis::inbox::consume(
+                        redis.clone(),
+                        node_id.clone(),
+                        targets,
+                        inbox_health.clone(),
+                    ));
+                    let history: Arc<dyn HistoryStore> =
+                        Arc::new(RedisHistory::new(redis.clone(), directory.clone()));
+                    Arc::new(Upkeep {
+                        redis: redis.clone(),
+                        router: router.clone(),
+                        mailboxes: mailboxes.clone(),
+                        dms: redis_dms.clone(),
+                        ring,
+                        hub: hub.clone(),
+                        history: history.clone(),
+                        directory: directory.clone(),
+                        node_id: node_id.clone(),
+                        lifecycle: lifecycle.clone(),
+                        metrics: metrics.clone(),
+                        inbox_health,
+                        file_channels,
+                        node_ttl: config.node_ttl.max(Duration::from_millis(500)),
+                        forget_nodes_after: config.forget_nodes_after,
+                    })
+                    .spawn();
+                    (router, history, dms)
+                }
+            };
         Ok(Arc::new(Node {
+            conversations,
+            mailboxes,
+            user_registration: crate::keyed_lock::KeyedLocks::default(),
             config,
             node_id,
             hub,

@@ -18,4 +18,5 @@ pub use channel::{ChannelName, InvalidChannelName};
 pub use config::{Access, ChannelConfig, ModerationMode, RateLimit, Retention};
 pub use message_id::{InvalidMessageId, MessageId};
 pub mod ring;
+pub mod user;
 pub use ring::{DEFAULT_VNODES, Ring, RingError, RingSnapshot};

@@ -97,11 +97,64 @@ impl std::fmt::Display for ErrorBody {
 /// A client request, after validation of its shape.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Request {
-    Join { channel: ChannelName, since: Option<MessageId> },
-    Leave { channel: ChannelName },
-    Publish { channel: ChannelName, text: String, meta: Option<Map<String, Value>>, nonce: Option<Nonce> },
-    History { channel: ChannelName, limit: Option<u32>, before: Option<MessageId> },
+    Join {
+        channel: ChannelName,
+        since: Option<MessageId>,
+    },
+    Leave {
+        channel: ChannelName,
+    },
+    Publish {
+        channel: ChannelName,
+        text: String,
+        meta: Option<Map<String, Value>>,
+        nonce: Option<Nonce>,
+    },
+    History {
+        channel: ChannelName,
+        limit: Option<u32>,
+        before: Option<MessageId>,
+    },
     Ping,
+    /// A direct message to one user.
+    Dm {
+        to: String,
+        text: String,
+        meta: Option<Map<String, Value>>,
+        nonce: Option<Nonce>,
+    },
+    /// The newest messages of the conversation with `with`, oldest first.
+    DmHistory {
+        with: String,
+        limit: Option<u32>,
+        before: Option<MessageId>,
+    },
+    /// Every direct message after the mailbox cursor `since`, in order.
+    DmSync {
+        since: Option<MessageId>,
+    },
+    /// Unread counts per conversation.
+    DmUnread,
+    /// Marks the conversation with `with` read up to message `up_to`.
+    DmRead {
+        with: String,
+        up_to: MessageId,
+    },
+    /// Who may send this user direct messages.
+    DmSettings {
+        allow: DmAllow,
+    },
+}
+
+/// Who may send a user direct messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DmAllow {
+    /// Anyone.
+    #[default]
+    All,
+    /// Only users this user has written to (system messages always arrive).
+    None,
 }
 
 impl Request {
@@ -112,6 +165,12 @@ impl Request {
             Request::Publish { .. } => "publish",
             Request::History { .. } => "history",
             Request::Ping => "ping",
+            Request::Dm { .. } => "dm",
+            Request::DmHistory { .. } => "dm_history",
+            Request::DmSync { .. } => "dm_sync",
+            Request::DmUnread => "dm_unread",
+            Request::DmRead { .. } => "dm_read",
+            Request::DmSettings { .. } => "dm_settings",
         }
     }
 }
@@ -164,40 +223,87 @@ fn parse_op(obj: &mut Map<String, Value>) -> Result<Request, String> {
     match op.as_str() {
         "join" => Ok(Request::Join { channel: channel(obj)?, since: opt_id(obj, "since")? }),
         "leave" => Ok(Request::Leave { channel: channel(obj)? }),
-        "publish" => {
-            let channel = channel(obj)?;
-            let text = match obj.remove("text") {
-                Some(Value::String(t)) => t,
-                Some(_) => return Err("`text` must be a string".into()),
-                None => return Err("missing field `text`".into()),
-            };
-            let meta = match obj.remove("meta") {
-                None | Some(Value::Null) => None,
-                Some(Value::Object(m)) => Some(m),
-                Some(_) => return Err("`meta` must be a JSON object".into()),
-            };
-            let nonce = match obj.get("nonce") {
-                None | Some(Value::Null) => None,
-                Some(Value::String(n)) => Some(Nonce::new(n).map_err(|e| e.to_string())?),
-                Some(_) => return Err("`nonce` must be a string".into()),
-            };
-            Ok(Request::Publish { channel, text, meta, nonce })
-        }
-        "history" => {
-            let limit = match obj.get("limit") {
-                None | Some(Value::Null) => None,
-                Some(v) => match v.as_u64() {
-                    Some(n) => Some(u32::try_from(n).unwrap_or(u32::MAX)),
-                    None => return Err("`limit` must be a non-negative integer".into()),
-                },
-            };
-            Ok(Request::History { channel: channel(obj)?, limit, before: opt_id(obj, "before")? })
-        }
+        "publish" => Ok(Request::Publish {
+            channel: channel(obj)?,
+            text: text(obj)?,
+            meta: meta(obj)?,
+            nonce: nonce(obj)?,
+        }),
+        "history" => Ok(Request::History {
+            channel: channel(obj)?,
+            limit: limit(obj)?,
+            before: opt_id(obj, "before")?,
+        }),
         "ping" => Ok(Request::Ping),
+        "dm" => {
+            Ok(Request::Dm { to: user(obj, "to")?, text: text(obj)?, meta: meta(obj)?, nonce: nonce(obj)? })
+        }
+        "dm_history" => Ok(Request::DmHistory {
+            with: user(obj, "with")?,
+            limit: limit(obj)?,
+            before: opt_id(obj, "before")?,
+        }),
+        "dm_sync" => Ok(Request::DmSync { since: opt_id(obj, "since")? }),
+        "dm_unread" => Ok(Request::DmUnread),
+        "dm_read" => Ok(Request::DmRead {
+            with: user(obj, "with")?,
+            up_to: opt_id(obj, "up_to")?.ok_or("missing field `up_to`")?,
+        }),
+        "dm_settings" => match obj.get("allow") {
+            Some(Value::String(a)) if a == "all" => Ok(Request::DmSettings { allow: DmAllow::All }),
+            Some(Value::String(a)) if a == "none" => Ok(Request::DmSettings { allow: DmAllow::None }),
+            Some(_) => Err("`allow` must be \"all\" or \"none\"".into()),
+            None => Err("missing field `allow`".into()),
+        },
         other => Err(format!(
-            "unknown op {:?}; expected join, leave, publish, history or ping",
+            "unknown op {:?}; expected join, leave, publish, history, ping, dm, dm_history, dm_sync, dm_unread, dm_read or dm_settings",
             other.chars().take(32).collect::<String>()
         )),
+    }
+}
+
+fn text(obj: &mut Map<String, Value>) -> Result<String, String> {
+    match obj.remove("text") {
+        Some(Value::String(t)) => Ok(t),
+        Some(_) => Err("`text` must be a string".into()),
+        None => Err("missing field `text`".into()),
+    }
+}
+
+fn meta(obj: &mut Map<String, Value>) -> Result<Option<Map<String, Value>>, String> {
+    match obj.remove("meta") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(m)) => Ok(Some(m)),
+        Some(_) => Err("`meta` must be a JSON object".into()),
+    }
+}
+
+fn nonce(obj: &Map<String, Value>) -> Result<Option<Nonce>, String> {
+    match obj.get("nonce") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(n)) => Nonce::new(n).map(Some).map_err(|e| e.to_string()),
+        Some(_) => Err("`nonce` must be a string".into()),
+    }
+}
+
+fn limit(obj: &Map<String, Value>) -> Result<Option<u32>, String> {
+    match obj.get("limit") {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => match v.as_u64() {
+            Some(n) => Ok(Some(u32::try_from(n).unwrap_or(u32::MAX))),
+            None => Err("`limit` must be a non-negative integer".into()),
+        },
+    }
+}
+
+fn user(obj: &Map<String, Value>, field: &str) -> Result<String, String> {
+    match obj.get(field) {
+        Some(Value::String(u)) if crate::user::is_valid_user_id(u) => Ok(u.clone()),
+        Some(Value::String(_)) => {
+            Err(format!("`{field}` is not a valid user id: use 1-64 characters of A-Z a-z 0-9 - _ . : @"))
+        }
+        Some(_) => Err(format!("`{field}` must be a user id string")),
+        None => Err(format!("missing field `{field}`")),
     }
 }
 
@@ -257,6 +363,45 @@ pub struct ChatMessage {
     pub meta: Option<Map<String, Value>>,
 }
 
+/// A direct message as clients see it (push, `dm_history` / `dm_sync` item).
+/// Field order is the wire order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DirectMessage {
+    /// Strictly increasing within the conversation (the pair of users).
+    pub id: MessageId,
+    /// Position in the receiving user's mailbox (strictly increasing per
+    /// user, across conversations): `dm_sync` resumes after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<MessageId>,
+    pub from: String,
+    pub to: String,
+    pub text: String,
+    /// Milliseconds since the Unix epoch when the conversation's owner accepted it.
+    pub ts: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta: Option<Map<String, Value>>,
+}
+
+/// The messages of a `history`, `dm_history` or `dm_sync` reply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum MessageList {
+    Channel(Vec<ChatMessage>),
+    Direct(Vec<DirectMessage>),
+}
+
+impl From<Vec<ChatMessage>> for MessageList {
+    fn from(v: Vec<ChatMessage>) -> Self {
+        MessageList::Channel(v)
+    }
+}
+
+impl From<Vec<DirectMessage>> for MessageList {
+    fn from(v: Vec<DirectMessage>) -> Self {
+        MessageList::Direct(v)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PresenceEvent {
@@ -292,9 +437,15 @@ pub struct Reply {
     /// join: distinct users in the channel after joining.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub members: Option<usize>,
-    /// history: oldest first.
+    /// history, dm_history, dm_sync: oldest first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub messages: Option<Vec<ChatMessage>>,
+    pub messages: Option<MessageList>,
+    /// dm_sync: the mailbox cursor to resume after next time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<MessageId>,
+    /// dm_unread: unread direct messages per conversation (by the other user's id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unread: Option<std::collections::BTreeMap<String, u64>>,
     /// ping: server time in milliseconds since the Unix epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ts: Option<u64>,
@@ -337,6 +488,13 @@ pub enum ServerFrame {
     /// should reload history (or re-join with `since`).
     Gap {
         channel: ChannelName,
+        reason: String,
+    },
+    /// A direct message to or from this connection's user.
+    Dm(DirectMessage),
+    /// Like `gap`, for direct messages: the mailbox may be missing messages
+    /// (Redis lost data); `dm_sync` says what is still there.
+    DmGap {
         reason: String,
     },
 }

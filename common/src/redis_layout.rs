@@ -71,6 +71,50 @@ impl Keys {
         format!("{}:req:{req}", self.prefix)
     }
 
+    // --- direct messages (see `conversation_id`)
+
+    /// Stream: the messages of one conversation; entry id = message id.
+    pub fn dm(&self, conversation: &str) -> String {
+        format!("{}:dm:{conversation}", self.prefix)
+    }
+    /// String: the newest message id of a conversation that retention dropped.
+    pub fn dm_trimmed(&self, conversation: &str) -> String {
+        format!("{}:dm-trimmed:{conversation}", self.prefix)
+    }
+    /// Stream: one user's mailbox, every direct message to or from them;
+    /// entry id = the user's sync cursor.
+    pub fn mailbox(&self, user: &str) -> String {
+        format!("{}:mbox:{user}", self.prefix)
+    }
+    /// String: the newest cursor of a mailbox that retention dropped.
+    pub fn mailbox_trimmed(&self, user: &str) -> String {
+        format!("{}:mbox-trimmed:{user}", self.prefix)
+    }
+    /// Hash: the other user → unread direct messages from them.
+    pub fn dm_unread(&self, user: &str) -> String {
+        format!("{}:dm-unread:{user}", self.prefix)
+    }
+    /// Set: users this user has sent a direct message to.
+    pub fn dm_contacts(&self, user: &str) -> String {
+        format!("{}:dm-contacts:{user}", self.prefix)
+    }
+    /// Hash: user → `none` for users who take direct messages only from their contacts.
+    pub fn dm_allow(&self) -> String {
+        format!("{}:dm-allow", self.prefix)
+    }
+    /// String, expiring: the message id of a direct message sent with this nonce.
+    pub fn dm_nonce(&self, conversation: &str, from: &str, nonce: &str) -> String {
+        format!("{}:dm-nonce:{conversation}|{from}|{nonce}", self.prefix)
+    }
+    /// Hash: edge → 1 for every edge where the user has connections (direct-message fan-out).
+    pub fn user_edges(&self, user: &str) -> String {
+        format!("{}:user-edges:{user}", self.prefix)
+    }
+    /// Set: users with connections on an edge (for dead-edge cleanup).
+    pub fn edge_users(&self, edge: &str) -> String {
+        format!("{}:edge-users:{edge}", self.prefix)
+    }
+
     // --- node bookkeeping
 
     /// Stream: a node's inbound traffic (requests, acks, fan-out events).
@@ -121,6 +165,17 @@ pub fn nonce_field(channel: &str, user: &str, nonce: &str) -> String {
     format!("{channel}|{user}|{nonce}")
 }
 
+/// The conversation of two users: `<a>|<b>` with `a < b`, so both sides name
+/// it the same (`|` is in no user id).
+pub fn conversation_id(a: &str, b: &str) -> String {
+    if a <= b { format!("{a}|{b}") } else { format!("{b}|{a}") }
+}
+
+/// The key a conversation is placed on the ring by (a key space apart from channels').
+pub fn conversation_ring_key(conversation: &str) -> String {
+    format!("dm:{conversation}")
+}
+
 /// The node id of an edge id `<node>#<incarnation>` (or the id itself).
 pub fn node_of_edge(edge: &str) -> &str {
     edge.split_once('#').map(|(node, _)| node).unwrap_or(edge)
@@ -155,6 +210,19 @@ mod tests {
         assert_eq!(k.dynamic(), "p:dynamic");
         assert_eq!(k.nodes(), "p:nodes");
         assert_eq!(k.access(), "p:access");
+        assert_eq!(k.dm("a|b"), "p:dm:a|b");
+        assert_eq!(k.dm_trimmed("a|b"), "p:dm-trimmed:a|b");
+        assert_eq!(k.mailbox("u"), "p:mbox:u");
+        assert_eq!(k.mailbox_trimmed("u"), "p:mbox-trimmed:u");
+        assert_eq!(k.dm_unread("u"), "p:dm-unread:u");
+        assert_eq!(k.dm_contacts("u"), "p:dm-contacts:u");
+        assert_eq!(k.dm_allow(), "p:dm-allow");
+        assert_eq!(k.dm_nonce("a|b", "a", "n"), "p:dm-nonce:a|b|a|n");
+        assert_eq!(k.user_edges("u"), "p:user-edges:u");
+        assert_eq!(k.edge_users("n0#ab"), "p:edge-users:n0#ab");
+        assert_eq!(conversation_id("bob", "alice"), "alice|bob");
+        assert_eq!(conversation_id("alice", "bob"), "alice|bob");
+        assert_eq!(conversation_ring_key("alice|bob"), "dm:alice|bob");
         assert_eq!(node_of_edge("chat-node-0#3fa2"), "chat-node-0");
         assert_eq!(node_of_edge("chat-node-0"), "chat-node-0");
     }

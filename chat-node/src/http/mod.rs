@@ -2,6 +2,7 @@
 
 mod page;
 mod rest;
+mod users;
 mod ws;
 
 use std::sync::Arc;
@@ -24,6 +25,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/channels/{channel}/history", get(rest::history))
         .route("/v1/channels/{channel}/members", get(rest::members))
         .route("/v1/channels/{channel}/messages", post(rest::publish))
+        .route("/v1/users/{user}/messages", post(users::send))
         .route("/healthz", get(rest::healthz))
         .route("/readyz", get(rest::readyz))
         .route("/metrics", get(rest::metrics))

@@ -372,37 +372,10 @@ impl Sequencer {
     }
 
     async fn look_up_after_deadline(&self, channel: &ChannelName, op: &PublishOp) -> ChatResult<OpOutcome> {
-        let Some(deadline) = op.deadline_ms else {
-            return Err(ChatError::new(ErrorCode::Timeout, "the outcome of this publish is unknown"));
-        };
-        // Wait until the storage's clock is past the deadline: from then on
-        // the commit script refuses the op, so the lookup is final.
-        for _ in 0..200 {
-            match self.backend.now_ms() {
-                Some(now) if now > deadline + LOOKUP_MARGIN.as_millis() as u64 => break,
-                _ => tokio::time::sleep(LOOKUP_MARGIN).await,
-            }
-        }
-        for attempt in 0..3 {
-            match self.backend.lookup(channel, op).await {
-                Ok(Some(id)) => return Ok(OpOutcome::Published(Published { id, duplicate: false })),
-                Ok(None) => return Err(expired_error()),
-                Err(e) if attempt == 2 => {
-                    return Err(ChatError::new(
-                        ErrorCode::Timeout,
-                        format!(
-                            "the outcome of this publish is unknown ({}); retry with the same nonce",
-                            e.message
-                        ),
-                    ));
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
-            }
-        }
-        Err(ChatError::new(
-            ErrorCode::Timeout,
-            "the outcome of this publish is unknown; retry with the same nonce",
-        ))
+        let id =
+            after_deadline(op.deadline_ms, || self.backend.now_ms(), || self.backend.lookup(channel, op))
+                .await?;
+        Ok(OpOutcome::Published(Published { id, duplicate: false }))
     }
 
     /// The channels of `batches` are idle again.
@@ -424,6 +397,51 @@ impl Sequencer {
             self.wake.notify_one();
         }
     }
+}
+
+/// The exact outcome of a write that failed ambiguously: waits until the
+/// storage's clock (`now`) is past `deadline` — from then on the commit
+/// script refuses the write, so the answer is final — then looks its dedup
+/// record up: the id it was stored under, `unavailable` (not stored), or
+/// `timeout` when the record cannot be read.
+pub async fn after_deadline<L, Fut>(
+    deadline: Option<u64>,
+    now: impl Fn() -> Option<u64>,
+    lookup: L,
+) -> ChatResult<MessageId>
+where
+    L: Fn() -> Fut,
+    Fut: std::future::Future<Output = ChatResult<Option<MessageId>>>,
+{
+    let Some(deadline) = deadline else {
+        return Err(ChatError::new(ErrorCode::Timeout, "the outcome of this request is unknown"));
+    };
+    for _ in 0..200 {
+        match now() {
+            Some(now) if now > deadline + LOOKUP_MARGIN.as_millis() as u64 => break,
+            _ => tokio::time::sleep(LOOKUP_MARGIN).await,
+        }
+    }
+    for attempt in 0..3 {
+        match lookup().await {
+            Ok(Some(id)) => return Ok(id),
+            Ok(None) => return Err(expired_error()),
+            Err(e) if attempt == 2 => {
+                return Err(ChatError::new(
+                    ErrorCode::Timeout,
+                    format!(
+                        "the outcome of this request is unknown ({}); retry with the same nonce",
+                        e.message
+                    ),
+                ));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+    Err(ChatError::new(
+        ErrorCode::Timeout,
+        "the outcome of this request is unknown; retry with the same nonce",
+    ))
 }
 
 fn expired(op: &PublishOp, now: Option<u64>) -> bool {

@@ -23,6 +23,7 @@ use super::backend::RedisBackend;
 use super::owner_server::OwnerServer;
 use super::router::Router;
 use super::{INBOX_GROUP, RedisCtx};
+use crate::dm::mailboxes::{MailboxPush, Mailboxes};
 use crate::frames::{MessagePush, PresencePush};
 use crate::hub::{Event, Hub};
 use crate::metrics::Metrics;
@@ -116,6 +117,7 @@ impl InboxHealth {
 /// Where the reader hands what it reads.
 pub struct InboxTargets {
     pub hub: Arc<Hub>,
+    pub mailboxes: Arc<Mailboxes>,
     pub router: Arc<Router>,
     pub owner_server: Arc<OwnerServer>,
     pub backend: Arc<RedisBackend>,
@@ -265,6 +267,13 @@ fn handle(t: &InboxTargets, entries: Vec<RawEntry>) {
             }
             Ok(InboxEntry::Acks(acks)) => t.router.acks(acks),
             Ok(InboxEntry::Requests(requests)) => t.owner_server.serve(requests),
+            Ok(InboxEntry::DmRequests(requests)) => t.owner_server.serve_dms(requests),
+            Ok(InboxEntry::Dms(deliveries)) => {
+                for d in deliveries {
+                    let push = MailboxPush { cursor: d.cursor, frame: Utf8Bytes::from(d.push) };
+                    t.mailboxes.deliver(&d.user, &[push]);
+                }
+            }
             Ok(InboxEntry::Close { channel, reason }) => {
                 let backend = t.backend.clone();
                 tokio::spawn(async move {

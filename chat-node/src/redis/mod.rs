@@ -19,6 +19,7 @@
 
 pub mod backend;
 pub mod clock;
+pub mod dm;
 pub mod history;
 pub mod inbox;
 pub mod outbox;

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use fred::prelude::*;
-use shardchat_common::redis_layout::inbox::{Ack, InboxEntry, OwnerRequest};
+use shardchat_common::redis_layout::inbox::{Ack, DmRequest, InboxEntry, OwnerRequest};
 use tokio::sync::mpsc;
 
 use super::{RedisCtx, may_have_run, unavailable};
@@ -20,6 +20,7 @@ const MAX_PER_ENTRY: usize = 512;
 
 enum Item {
     Request(OwnerRequest),
+    Dm(DmRequest),
     Ack(Ack),
 }
 
@@ -46,6 +47,10 @@ impl Outbox {
         self.queue(node, Item::Request(request));
     }
 
+    pub fn dm(self: &Arc<Self>, node: &str, request: DmRequest) {
+        self.queue(node, Item::Dm(request));
+    }
+
     pub fn ack(self: &Arc<Self>, node: &str, ack: Ack) {
         self.queue(node, Item::Ack(ack));
     }
@@ -69,15 +74,20 @@ impl Outbox {
     async fn send_loop(self: Arc<Self>, node: String, mut rx: mpsc::UnboundedReceiver<Item>) {
         let key = self.redis.keys.inbox(&node);
         let mut requests = Vec::new();
+        let mut dms = Vec::new();
         let mut acks = Vec::new();
         while let Some(first) = rx.recv().await {
             let mut next = Some(first);
             while let Some(item) = next {
                 match item {
                     Item::Request(r) => requests.push(r),
+                    Item::Dm(d) => dms.push(d),
                     Item::Ack(a) => acks.push(a),
                 }
-                if requests.len() >= MAX_PER_ENTRY || acks.len() >= MAX_PER_ENTRY {
+                if requests.len() >= MAX_PER_ENTRY
+                    || dms.len() >= MAX_PER_ENTRY
+                    || acks.len() >= MAX_PER_ENTRY
+                {
                     break;
                 }
                 next = rx.try_recv().ok();
@@ -92,14 +102,24 @@ impl Outbox {
             if !requests.is_empty() {
                 let sent = std::mem::take(&mut requests);
                 let ids: Vec<String> = sent.iter().map(|r| r.req.clone()).collect();
-                if let Err(e) = self.redis.check_connected() {
-                    self.refuse(ids, e);
-                } else if let Err(e) = self.xadd(&key, InboxEntry::Requests(sent)).await {
-                    tracing::warn!(%node, error = %e, "sending requests failed");
-                    if !may_have_run(&e) {
-                        self.refuse(ids, unavailable(e));
-                    }
-                }
+                self.send_requests(&node, &key, ids, InboxEntry::Requests(sent)).await;
+            }
+            if !dms.is_empty() {
+                let sent = std::mem::take(&mut dms);
+                let ids: Vec<String> = sent.iter().map(|r| r.req.clone()).collect();
+                self.send_requests(&node, &key, ids, InboxEntry::DmRequests(sent)).await;
+            }
+        }
+    }
+
+    /// Writes a bundle of requests; those that certainly did not get there are refused.
+    async fn send_requests(&self, node: &str, key: &str, ids: Vec<String>, entry: InboxEntry) {
+        if let Err(e) = self.redis.check_connected() {
+            self.refuse(ids, e);
+        } else if let Err(e) = self.xadd(key, entry).await {
+            tracing::warn!(%node, error = %e, "sending requests failed");
+            if !may_have_run(&e) {
+                self.refuse(ids, unavailable(e));
             }
         }
     }

@@ -6,11 +6,14 @@
 use std::sync::Arc;
 
 use shardchat_common::protocol::{ErrorBody, Nonce};
-use shardchat_common::redis_layout::inbox::{Ack, AckValue, OwnerRequest, RequestKind};
-use shardchat_common::redis_layout::node_of_edge;
+use shardchat_common::redis_layout::inbox::{
+    Ack, AckValue, DmRequest as WireDmRequest, OwnerRequest, RequestKind,
+};
+use shardchat_common::redis_layout::{conversation_id, conversation_ring_key, node_of_edge};
 
 use super::outbox::Outbox;
 use super::ring_view::RingView;
+use crate::dm::{Conversations, DmRequest};
 use crate::error::ChatError;
 use crate::owner::{OpOutcome, Owner, PublishRequest, RequestContext, Respond};
 
@@ -19,13 +22,56 @@ const MAX_HOPS: u32 = 3;
 
 pub struct OwnerServer {
     owner: Arc<Owner>,
+    conversations: Arc<Conversations>,
     ring: Arc<RingView>,
     outbox: Arc<Outbox>,
 }
 
 impl OwnerServer {
-    pub fn new(owner: Arc<Owner>, ring: Arc<RingView>, outbox: Arc<Outbox>) -> Self {
-        Self { owner, ring, outbox }
+    pub fn new(
+        owner: Arc<Owner>,
+        conversations: Arc<Conversations>,
+        ring: Arc<RingView>,
+        outbox: Arc<Outbox>,
+    ) -> Self {
+        Self { owner, conversations, ring, outbox }
+    }
+
+    /// Queues every direct message (in order) with its conversation's owner
+    /// — this node, or the one it moved to.
+    pub fn serve_dms(&self, requests: Vec<WireDmRequest>) {
+        for r in requests {
+            let ring_key = conversation_ring_key(&conversation_id(&r.from, &r.to));
+            if !self.ring.is_mine(&ring_key) {
+                if let Some(owner) = self.ring.owner(&ring_key)
+                    && r.hops < MAX_HOPS
+                {
+                    self.outbox.dm(&owner, WireDmRequest { hops: r.hops + 1, ..r });
+                    continue;
+                }
+                let error = ChatError::unavailable("conversation ownership is moving; try again");
+                self.ack(&r.edge, r.req, Err(error.body()));
+                continue;
+            }
+            let respond = self.responder(&r.edge, r.req.clone());
+            let nonce = match r.nonce.map(|n| Nonce::new(&n)).transpose() {
+                Ok(n) => n,
+                Err(e) => {
+                    respond(Err(ChatError::bad_request(e.to_string())));
+                    continue;
+                }
+            };
+            let ctx = RequestContext { request_id: Some(r.req), deadline_ms: Some(r.deadline_ms) };
+            let dm = DmRequest {
+                from: Arc::from(r.from.as_str()),
+                to: r.to,
+                text: r.text,
+                meta: r.meta,
+                nonce,
+                system: r.system,
+            };
+            self.conversations.send(dm, ctx, respond);
+        }
     }
 
     /// Queues every request (in order); never waits.

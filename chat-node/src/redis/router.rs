@@ -18,7 +18,8 @@ use fred::prelude::*;
 use futures_util::future::BoxFuture;
 use shardchat_common::ChannelName;
 use shardchat_common::protocol::ErrorCode;
-use shardchat_common::redis_layout::inbox::{Ack, OwnerRequest, RequestKind};
+use shardchat_common::redis_layout::inbox::{Ack, DmRequest as WireDmRequest, OwnerRequest, RequestKind};
+use shardchat_common::redis_layout::{conversation_id, conversation_ring_key};
 use tokio::time::Instant;
 
 use super::RedisCtx;
@@ -26,6 +27,7 @@ use super::backend::RedisBackend;
 use super::outbox::Outbox;
 use super::ring_view::RingView;
 use crate::cluster::{Cluster, answer, joined, left, published};
+use crate::dm::Conversations;
 use crate::error::{ChatError, ChatResult};
 use crate::owner::{OpOutcome, Owner, PublishRequest, Published, RequestContext, Respond};
 
@@ -48,12 +50,23 @@ struct Waiter {
     kind: WaitKind,
 }
 
+/// What a router routes to.
+pub struct RouterParts {
+    pub redis: Arc<RedisCtx>,
+    pub owner: Arc<Owner>,
+    pub backend: Arc<RedisBackend>,
+    pub ring: Arc<RingView>,
+    pub outbox: Arc<Outbox>,
+    pub conversations: Arc<Conversations>,
+}
+
 pub struct Router {
     redis: Arc<RedisCtx>,
     owner: Arc<Owner>,
     backend: Arc<RedisBackend>,
     ring: Arc<RingView>,
     outbox: Arc<Outbox>,
+    conversations: Arc<Conversations>,
     node_id: Arc<str>,
     edge_id: Arc<str>,
     pending: Mutex<HashMap<String, Waiter>>,
@@ -61,21 +74,15 @@ pub struct Router {
 }
 
 impl Router {
-    pub fn new(
-        redis: Arc<RedisCtx>,
-        owner: Arc<Owner>,
-        backend: Arc<RedisBackend>,
-        ring: Arc<RingView>,
-        outbox: Arc<Outbox>,
-        node_id: Arc<str>,
-        edge_id: Arc<str>,
-    ) -> Arc<Router> {
+    pub fn new(parts: RouterParts, node_id: Arc<str>, edge_id: Arc<str>) -> Arc<Router> {
+        let RouterParts { redis, owner, backend, ring, outbox, conversations } = parts;
         let router = Arc::new(Router {
             redis,
             owner,
             backend,
             ring,
             outbox: outbox.clone(),
+            conversations,
             node_id,
             edge_id,
             pending: Mutex::new(HashMap::new()),
@@ -144,14 +151,7 @@ impl Router {
             RequestKind::Join => WaitKind::Join,
             RequestKind::Leave => WaitKind::Leave,
         };
-        let give_up_at = Instant::now()
-            + self.redis.settings.request_timeout
-            + self.redis.clock.uncertainty()
-            + GIVE_UP_MARGIN;
-        self.pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(req.clone(), Waiter { respond, give_up_at, kind: wait });
+        self.await_ack(&req, wait, respond);
         let request = OwnerRequest {
             req,
             edge: self.edge_id.to_string(),
@@ -162,6 +162,55 @@ impl Router {
             kind,
         };
         self.outbox.request(&owner, request);
+    }
+
+    /// Keeps `respond` until the ack of request `req` comes, or its deadline passes.
+    fn await_ack(&self, req: &str, kind: WaitKind, respond: Respond) {
+        let give_up_at = Instant::now()
+            + self.redis.settings.request_timeout
+            + self.redis.clock.uncertainty()
+            + GIVE_UP_MARGIN;
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(req.to_string(), Waiter { respond, give_up_at, kind });
+    }
+
+    /// Routes a direct message to its conversation's owner.
+    fn route_dm(&self, dm: crate::dm::DmRequest, respond: Respond) {
+        let conversation = conversation_id(&dm.from, &dm.to);
+        let owner = match self.ring.owner(&conversation_ring_key(&conversation)) {
+            Some(o) => o,
+            None => return respond(Err(ChatError::unavailable("no chat nodes in the ring yet"))),
+        };
+        let ctx = match self.context() {
+            Ok(c) => c,
+            Err(e) => return respond(Err(e)),
+        };
+        if owner == *self.node_id {
+            return self.conversations.send(dm, ctx, respond);
+        }
+        let (Some(req), Some(deadline_ms)) = (ctx.request_id, ctx.deadline_ms) else {
+            return respond(Err(ChatError::unavailable("no request context")));
+        };
+        let record = match &dm.nonce {
+            Some(n) => self.redis.keys.dm_nonce(&conversation, &dm.from, n.as_str()),
+            None => self.redis.keys.request(&req),
+        };
+        self.await_ack(&req, WaitKind::Publish { record }, respond);
+        let request = WireDmRequest {
+            req,
+            edge: self.edge_id.to_string(),
+            from: dm.from.to_string(),
+            to: dm.to,
+            text: dm.text,
+            meta: dm.meta,
+            nonce: dm.nonce.map(|n| n.as_str().to_string()),
+            system: dm.system,
+            deadline_ms,
+            hops: 0,
+        };
+        self.outbox.dm(&owner, request);
     }
 
     /// Acks from owners, read from this node's inbox.
@@ -330,6 +379,10 @@ impl Cluster for Router {
                 respond,
             )
         }))
+    }
+
+    fn dm(&self, req: crate::dm::DmRequest) -> BoxFuture<'static, ChatResult<Published>> {
+        published(answer(|respond| self.route_dm(req, respond)))
     }
 
     fn members<'a>(&'a self, channel: &'a ChannelName) -> BoxFuture<'a, ChatResult<Vec<String>>> {

@@ -298,6 +298,14 @@ mod tests {
         // must be one the shared layout defines.
         let k = Keys::new("P");
         let layout = [
+            k.dm("C"),
+            k.dm_trimmed("C"),
+            k.mailbox("U"),
+            k.mailbox_trimmed("U"),
+            k.dm_unread("U"),
+            k.dm_contacts("U"),
+            k.dm_allow(),
+            k.user_edges("U"),
             k.history("C"),
             k.trimmed("C"),
             k.users("C"),
@@ -310,7 +318,7 @@ mod tests {
             k.active(),
             k.dynamic(),
         ];
-        let sources = all_sources();
+        let sources = all_sources() + &super::super::dm::all_sources();
         let mut found = 0;
         for (at, _) in sources.match_indices("p .. ':") {
             let rest = &sources[at + "p .. ':".len()..];

@@ -30,11 +30,13 @@ use fred::types::Expiration;
 use shardchat_common::{Access, ChannelConfig, ChannelName, MessageId};
 
 use super::RedisCtx;
+use super::dm::RedisDms;
 use super::inbox::{self, InboxHealth};
 use super::ring_view::RingView;
 use super::router::Router;
 use crate::clock::now_ms;
 use crate::directory::Directory;
+use crate::dm::mailboxes::Mailboxes;
 use crate::history::HistoryStore;
 use crate::hub::Hub;
 use crate::lifecycle::Lifecycle;
@@ -43,6 +45,8 @@ use crate::metrics::Metrics;
 pub struct Upkeep {
     pub redis: Arc<RedisCtx>,
     pub router: Arc<Router>,
+    pub mailboxes: Arc<Mailboxes>,
+    pub dms: Arc<RedisDms>,
     pub ring: Arc<RingView>,
     pub hub: Arc<Hub>,
     pub history: Arc<dyn HistoryStore>,
@@ -148,6 +152,10 @@ impl Upkeep {
         loop {
             tick.tick().await;
             self.problem("inbox", self.inbox_health.problem(allowed));
+            if self.dms.take_registration_failure() {
+                tracing::info!("registering this node's users for direct messages again");
+                self.dms.reregister(&self.mailboxes.users()).await;
+            }
             match self.redis.client.getdel::<Option<String>, _>(&overflow).await {
                 Ok(Some(_)) => {
                     tracing::warn!(
@@ -178,6 +186,8 @@ impl Upkeep {
         }
         let memberships = channels.iter().map(|c| (c.clone(), self.hub.local_users(c))).collect();
         self.router.reregister(memberships).await;
+        self.dms.reregister(&self.mailboxes.users()).await;
+        self.mailboxes.gap_all("Redis lost data; direct messages sent meanwhile may be missing");
         let since = MessageId::new(since_ms.saturating_sub(self.node_ttl.as_millis() as u64), 0);
         for channel in &channels {
             match self.history.after(channel, since).await {
@@ -227,9 +237,22 @@ impl Upkeep {
             if alive == 1 {
                 continue;
             }
+            // Its users' direct-message fan-out: one node (the ring's owner of
+            // the edge id) cleans it up.
+            let has_users: i64 = r.client.exists(r.keys.edge_users(edge)).await?;
+            if has_users == 1 && self.ring.is_mine(&format!("edge:{edge}")) {
+                match self.dms.drop_edge(edge).await {
+                    Ok(n) => {
+                        tracing::info!(%edge, users = n, "removed the direct-message routes of a dead node")
+                    }
+                    Err(e) => tracing::warn!(%edge, error = %e, "cleaning up a dead node's users failed"),
+                }
+            }
             let channels: Vec<String> = r.client.smembers(r.keys.edge_channels(edge)).await?;
             if channels.is_empty() {
-                let _: i64 = r.client.srem(r.keys.edges(), edge.as_str()).await?;
+                if has_users == 0 {
+                    let _: i64 = r.client.srem(r.keys.edges(), edge.as_str()).await?;
+                }
                 continue;
             }
             for c in channels.iter().filter_map(|c| ChannelName::new(c).ok()) {

@@ -11,8 +11,7 @@ use serde::Deserialize;
 use crate::error::ChatError;
 use shardchat_common::protocol::ErrorCode;
 
-/// Longest user id accepted.
-pub const MAX_USER_ID_LEN: usize = 64;
+pub use shardchat_common::user::MAX_USER_ID_LEN;
 
 #[derive(Debug, Clone)]
 pub struct Identity {
@@ -61,10 +60,7 @@ impl Identity {
 
 /// User ids (and role names): 1–64 characters of `A–Z a–z 0–9 - _ . : @`.
 pub fn validate_user_id(user: &str) -> Result<(), ChatError> {
-    let ok = !user.is_empty()
-        && user.len() <= MAX_USER_ID_LEN
-        && user.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '@'));
-    if ok {
+    if shardchat_common::user::is_valid_user_id(user) {
         Ok(())
     } else {
         Err(ChatError::bad_request(format!(

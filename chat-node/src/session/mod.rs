@@ -67,8 +67,10 @@ pub async fn run(node: Arc<Node>, socket: WebSocket, identity: Identity) {
         let limits = ConnectionLimits::new(&node.config);
         let mut session = Session { node: node.clone(), handle, identity, joined: HashSet::new(), limits };
         tracing::debug!("connected");
+        session.register_for_direct_messages(true).await;
         session.read_loop(&mut stream, &close).await;
         session.leave_all().await;
+        session.register_for_direct_messages(false).await;
         let reason = close.reason();
         let mut writer = writer;
         match reason {
@@ -234,6 +236,28 @@ impl Session {
 
     fn send_frame(&self, frame: &ServerFrame) {
         self.handle.send(Outbound::Frame(encode(frame)));
+    }
+
+    /// Adds this connection to (or removes it from) its user's direct-message
+    /// delivery; the user's first (last) connection here tells the store.
+    async fn register_for_direct_messages(&self, connected: bool) {
+        let node = &self.node;
+        let _guard = node.user_registration.lock(self.identity.user.clone()).await;
+        let store = node.conversations.store();
+        let result = if connected {
+            if !node.mailboxes.connect(&self.handle) {
+                return;
+            }
+            store.connected(&self.identity.user).await
+        } else {
+            if !node.mailboxes.disconnect(&self.handle) {
+                return;
+            }
+            store.disconnected(&self.identity.user).await
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, connected, "updating the user's direct-message route failed");
+        }
     }
 
     /// Leaves every joined channel (disconnect cleanup), emitting presence.

@@ -23,6 +23,43 @@ pub struct FannedMessage {
     pub push: String,
 }
 
+/// One user's copy of a direct message in a `dm` entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DmDelivery {
+    /// The user (sender or recipient) whose connections get it.
+    pub user: String,
+    /// Its position in that user's mailbox.
+    pub cursor: MessageId,
+    /// `{"op":"dm",...}`, serialized, with that cursor.
+    pub push: String,
+}
+
+/// A direct message from an edge to its conversation's owner.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DmRequest {
+    #[serde(rename = "r")]
+    pub req: String,
+    #[serde(rename = "e")]
+    pub edge: String,
+    #[serde(rename = "f")]
+    pub from: String,
+    #[serde(rename = "t")]
+    pub to: String,
+    #[serde(rename = "x")]
+    pub text: String,
+    #[serde(rename = "m", default, skip_serializing_if = "Option::is_none")]
+    pub meta: Option<Map<String, Value>>,
+    #[serde(rename = "n", default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
+    /// Sent by the server (`POST /v1/users/{user}/messages`), not by a player.
+    #[serde(rename = "s", default, skip_serializing_if = "std::ops::Not::not")]
+    pub system: bool,
+    #[serde(rename = "dl")]
+    pub deadline_ms: u64,
+    #[serde(rename = "h", default)]
+    pub hops: u32,
+}
+
 /// What an edge asks a channel's owner to do.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "k")]
@@ -146,6 +183,11 @@ pub enum InboxEntry {
     Presence { channel: ChannelName, event: PresenceEvent, user: String },
     /// Edge → owner (or owner → new owner, forwarding).
     Requests(Vec<OwnerRequest>),
+    /// Edge → a conversation's owner.
+    DmRequests(Vec<DmRequest>),
+    /// A conversation's owner → every node where the sender or the recipient
+    /// is connected: their copies of one direct message.
+    Dms(Vec<DmDelivery>),
     /// Owner → edge.
     Acks(Vec<Ack>),
     /// Operator → owner: close this channel.
@@ -227,6 +269,36 @@ impl InboxEntry {
                 user: field(fields, "u")?.to_string(),
             },
             "reqs" => InboxEntry::Requests(json(fields)?),
+            "dmreqs" => InboxEntry::DmRequests(json(fields)?),
+            "dm" => {
+                let mut deliveries = Vec::new();
+                let mut user: Option<String> = None;
+                let mut cursor: Option<MessageId> = None;
+                for (k, v) in fields {
+                    match k.as_ref() {
+                        "u" => user = Some(v.as_ref().to_string()),
+                        "c" => {
+                            cursor = Some(
+                                v.as_ref()
+                                    .parse()
+                                    .map_err(|e: crate::InvalidMessageId| MalformedEntry(e.to_string()))?,
+                            )
+                        }
+                        "p" => match (user.take(), cursor.take()) {
+                            (Some(user), Some(cursor)) => {
+                                deliveries.push(DmDelivery { user, cursor, push: v.as_ref().to_string() })
+                            }
+                            _ => {
+                                return Err(MalformedEntry(
+                                    "direct message push without user or cursor".into(),
+                                ));
+                            }
+                        },
+                        _ => {}
+                    }
+                }
+                InboxEntry::Dms(deliveries)
+            }
             "acks" => InboxEntry::Acks(json::<Vec<WireAck>, S>(fields)?.into_iter().map(Ack::from).collect()),
             "close" => {
                 let c: WireClose = json(fields)?;
@@ -273,6 +345,16 @@ impl InboxEntry {
                 ("u", user.clone()),
             ],
             InboxEntry::Requests(reqs) => vec![("k", "reqs".into()), ("d", to_json(reqs))],
+            InboxEntry::DmRequests(reqs) => vec![("k", "dmreqs".into()), ("d", to_json(reqs))],
+            InboxEntry::Dms(deliveries) => {
+                let mut f = vec![("k", "dm".to_string())];
+                for d in deliveries {
+                    f.push(("u", d.user.clone()));
+                    f.push(("c", d.cursor.to_string()));
+                    f.push(("p", d.push.clone()));
+                }
+                f
+            }
             InboxEntry::Acks(acks) => {
                 let wire: Vec<WireAck> = acks.iter().map(WireAck::from).collect();
                 vec![("k", "acks".into()), ("d", to_json(&wire))]
@@ -345,6 +427,22 @@ mod tests {
             Ack { req: "r2".into(), result: Ok(AckValue::default()) },
             Ack { req: "r3".into(), result: Err(ErrorBody::new(ErrorCode::ChannelFull, "full")) },
         ]));
+        round_trip(InboxEntry::DmRequests(vec![DmRequest {
+            req: "n0#a:3".into(),
+            edge: "n0#a".into(),
+            from: "alice".into(),
+            to: "bob".into(),
+            text: "psst".into(),
+            meta: None,
+            nonce: Some("w-1".into()),
+            system: false,
+            deadline_ms: 5,
+            hops: 0,
+        }]));
+        round_trip(InboxEntry::Dms(vec![
+            DmDelivery { user: "alice".into(), cursor: MessageId::new(7, 0), push: "{}".into() },
+            DmDelivery { user: "bob".into(), cursor: MessageId::new(9, 1), push: "{\"x\":1}".into() },
+        ]));
         round_trip(InboxEntry::Close { channel: name("c"), reason: "deleted".into() });
         round_trip(InboxEntry::Closed { channel: name("c"), reason: "deleted".into() });
     }
@@ -367,6 +465,8 @@ mod tests {
             vec![("k", "reqs"), ("d", "[{}]")],
             vec![("k", "acks"), ("d", "nope")],
             vec![("k", "close"), ("d", "{")],
+            vec![("k", "dm"), ("p", "{}")],
+            vec![("k", "dm"), ("u", "a"), ("c", "nope"), ("p", "{}")],
             vec![("k", "zzz")],
         ];
         for f in cases {

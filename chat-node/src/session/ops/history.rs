@@ -23,7 +23,7 @@ pub async fn handle(
     // page of large messages is cut to the newest that fit.
     let keep_from = newest_within(&messages, session.handle.reply_budget(), json_len);
     Ok(Reply {
-        messages: Some(messages.split_off(keep_from)),
+        messages: Some(messages.split_off(keep_from).into()),
         truncated: (keep_from > 0).then_some(true),
         ..Reply::ok(Value::Null)
     })

@@ -1,5 +1,6 @@
 //! One file per request op, as the protocol lists them.
 
+mod dm;
 mod history;
 mod join;
 pub mod leave;
@@ -32,6 +33,12 @@ pub async fn handle(session: &mut Session, id: Option<Value>, request: Request) 
             history::handle(session, channel, limit, before).await?
         }
         Request::Ping => ping::handle(),
+        Request::Dm { to, text, meta, nonce } => dm::send(session, to, text, meta, nonce).await?,
+        Request::DmHistory { with, limit, before } => dm::history(session, with, limit, before).await?,
+        Request::DmSync { since } => return dm::sync(session, id, since).await.map(|()| None),
+        Request::DmUnread => dm::unread(session).await?,
+        Request::DmRead { with, up_to } => dm::read(session, with, up_to).await?,
+        Request::DmSettings { allow } => dm::settings(session, allow).await?,
     };
     Ok(id.map(|id| Reply { id, ..reply }))
 }
