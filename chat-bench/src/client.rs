@@ -170,6 +170,7 @@ impl Conn {
             Ok(ServerFrame::Error { error }) => self.count_error(error.code.as_str()),
             Ok(ServerFrame::Closed { .. }) => self.count_error("channel_closed"),
             Ok(ServerFrame::Gap { .. }) => self.count_error("gap"),
+            Ok(ServerFrame::Dm(_) | ServerFrame::DmGap { .. }) => {}
             Err(_) => self.protocol_violations += 1,
         }
     }

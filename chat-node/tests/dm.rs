@@ -17,7 +17,9 @@ async fn dm(c: &mut Client, to: &str, text: &str) -> Value {
 }
 
 fn texts(list: &Value) -> Vec<String> {
-    list.as_array().map(|a| a.iter().map(|m| m["text"].as_str().unwrap_or("").to_string()).collect()).unwrap_or_default()
+    list.as_array()
+        .map(|a| a.iter().map(|m| m["text"].as_str().unwrap_or("").to_string()).collect())
+        .unwrap_or_default()
 }
 
 #[tokio::test]
@@ -180,7 +182,8 @@ async fn a_system_message_reaches_an_offline_player() {
     let r = http.request("POST", "/v1/users/bob/messages", &[("Authorization", &auth)], Some(body)).await;
     assert_eq!(r.status, 201, "{}", r.body);
     let id = r.json()["message_id"].clone();
-    let r = http.request("POST", "/v1/users/no%20spaces/messages", &[("Authorization", &auth)], Some(body)).await;
+    let r =
+        http.request("POST", "/v1/users/no%20spaces/messages", &[("Authorization", &auth)], Some(body)).await;
     assert_eq!(r.status, 400);
     let mut bob = node.connect("bob").await;
     let sync = bob.ok(json!({"op":"dm_sync"})).await;
@@ -188,7 +191,9 @@ async fn a_system_message_reaches_an_offline_player() {
     assert_eq!(sync["messages"][0]["from"], "system");
     assert_eq!(sync["messages"][0]["meta"], json!({"kind":"auction"}));
     // Live too, and nobody can answer the system sender.
-    let r = http.request("POST", "/v1/users/bob/messages", &[("Authorization", &auth)], Some(r#"{"text":"again"}"#)).await;
+    let r = http
+        .request("POST", "/v1/users/bob/messages", &[("Authorization", &auth)], Some(r#"{"text":"again"}"#))
+        .await;
     assert_eq!(r.status, 201);
     assert_eq!(bob.next_op("dm").await["text"], "again");
     assert_eq!(bob.error_code(json!({"op":"dm","to":"system","text":"thanks"})).await, "bad_request");

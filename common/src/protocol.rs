@@ -563,6 +563,47 @@ mod tests {
     }
 
     #[test]
+    fn parses_the_direct_message_ops() {
+        let (_, r) =
+            parse(json!({"op":"dm","id":1,"to":"user-7","text":"psst","meta":{"k":1},"nonce":"n1"})).unwrap();
+        assert!(matches!(r, Request::Dm { ref to, meta: Some(_), nonce: Some(_), .. } if to == "user-7"));
+        let (_, r) = parse(json!({"op":"dm_history","with":"user-7","limit":5,"before":"9-0"})).unwrap();
+        assert_eq!(
+            r,
+            Request::DmHistory { with: "user-7".into(), limit: Some(5), before: Some(MessageId::new(9, 0)) }
+        );
+        assert_eq!(parse(json!({"op":"dm_sync"})).unwrap().1, Request::DmSync { since: None });
+        assert_eq!(parse(json!({"op":"dm_unread"})).unwrap().1, Request::DmUnread);
+        let (_, r) = parse(json!({"op":"dm_read","with":"a","up_to":"3-1"})).unwrap();
+        assert_eq!(r, Request::DmRead { with: "a".into(), up_to: MessageId::new(3, 1) });
+        let (_, r) = parse(json!({"op":"dm_settings","allow":"none"})).unwrap();
+        assert_eq!(r, Request::DmSettings { allow: DmAllow::None });
+        for bad in [
+            json!({"op":"dm","to":"a b","text":"x"}),
+            json!({"op":"dm","to":"a"}),
+            json!({"op":"dm","text":"x"}),
+            json!({"op":"dm_read","with":"a"}),
+            json!({"op":"dm_settings","allow":"friends"}),
+            json!({"op":"dm_history","with":7}),
+        ] {
+            assert!(parse(bad.clone()).is_err(), "{bad}");
+        }
+        let push = ServerFrame::Dm(DirectMessage {
+            id: MessageId::new(5, 0),
+            cursor: Some(MessageId::new(6, 0)),
+            from: "a".into(),
+            to: "b".into(),
+            text: "hi".into(),
+            ts: 5,
+            meta: None,
+        });
+        assert_eq!(
+            serde_json::to_string(&push).unwrap(),
+            r#"{"op":"dm","id":"5-0","cursor":"6-0","from":"a","to":"b","text":"hi","ts":5}"#
+        );
+    }
+
+    #[test]
     fn malformed_requests_keep_their_id_when_possible() {
         let e = parse(json!({"op":"publish","id":7,"channel":"bad name","text":"x"})).unwrap_err();
         assert_eq!(e.id, Some(json!(7)));

@@ -539,3 +539,45 @@ async fn token_out_of_urls(page: &Page, node: &ChatNode) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_whispers_with_slash_w_and_shows_whispers() {
+    let Some(chrome) = chromium_or_skip("browser_whisper") else { return };
+    let node = ChatNode::start();
+    run_in_browser("browser_whisper", &chrome, &node, |page| async {
+        let r = whispers(&page, &node).await;
+        (page, r)
+    })
+    .await;
+}
+
+async fn whispers(page: &Page, node: &ChatNode) -> anyhow::Result<()> {
+    // A whisper sent while the page was away arrives when it connects.
+    let mut bob = Client::connect(node, "bob").await?;
+    bob.request("dm", json!({"to": "alice", "text": "sent while you were away"})).await?;
+    open_and_connect(page, node, "alice").await?;
+    let shows = |text: &str| {
+        format!(
+            "[...document.querySelectorAll('#messages .whisper')].some(e => e.textContent.includes({}))",
+            js_str(text)
+        )
+    };
+    page.wait_for(&shows("bob \u{2192} you: sent while you were away"), WAIT)
+        .await
+        .context("the whisper from before the page connected is not shown")?;
+    page.fill("#text", "/w bob meet at the gate").await?;
+    page.click("#send").await?;
+    let got = bob.wait_for("alice's whisper", |v| v["op"] == "dm" && v["from"] == "alice").await?;
+    ensure!(got["text"] == "meet at the gate" && got["to"] == "bob", "bob got {got}");
+    page.wait_for(&shows("you \u{2192} bob: meet at the gate"), WAIT)
+        .await
+        .context("the page does not show its own whisper")?;
+    bob.request("dm", json!({"to": "alice", "text": "on my way"})).await?;
+    page.wait_for(&shows("bob \u{2192} you: on my way"), WAIT)
+        .await
+        .context("a live whisper is not shown")?;
+    let channel_rows = page.eval("document.querySelectorAll('#messages .msg').length").await?;
+    ensure!(channel_rows == json!(0), "whispers are not channel messages: {channel_rows} rows");
+    bob.close().await;
+    Ok(())
+}
