@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod fake_api;
+pub mod process;
 pub mod redis;
 
 use std::future::Future;
