@@ -199,8 +199,26 @@ async fn operator_assigns_rebalances_edits_and_deletes_channels() {
         assert_eq!(*node, before[k].0, "{k}");
     }
 
-    // Events and metrics.
+    // Events: every move of a channel has its own event, and the newest
+    // one names the owner and epoch the status shows (kubectl describe).
     let events = fake.objects("events", NS);
+    for k in &moved {
+        if k.as_str() == "town-137" {
+            continue; // deleted meanwhile
+        }
+        let mut reassigned: Vec<&serde_json::Value> = events
+            .iter()
+            .filter(|e| e["regarding"]["name"] == k.as_str() && e["reason"] == "Reassigned")
+            .collect();
+        reassigned.sort_by_key(|e| e["eventTime"].as_str().unwrap_or("").to_string());
+        assert_eq!(reassigned.len(), 2, "{k}: one event per move: {reassigned:#?}");
+        let note = reassigned[1]["note"].as_str().unwrap();
+        let (node, epoch) = &back[*k];
+        assert!(note.contains(&format!("owned by {node} ")), "{k}: {note}");
+        assert!(note.contains(&format!("ring epoch {epoch})")), "{k}: {note}");
+        assert!(reassigned[0]["note"].as_str().unwrap().contains("owned by chat-node-3 "), "{k}");
+    }
+
     let reasons: Vec<&str> = events.iter().filter_map(|e| e["reason"].as_str()).collect();
     for r in ["Assigned", "Reassigned", "Deleted"] {
         assert!(reasons.contains(&r), "no {r} event in {reasons:?}");
