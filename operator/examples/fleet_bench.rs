@@ -140,15 +140,36 @@ fn ring_epoch(redis: &RedisServer) -> Option<u64> {
     serde_json::from_str::<Value>(&raw).ok()?["epoch"].as_u64()
 }
 
+/// The node and epoch of a ChatChannel whose Ready is True.
+fn ready_status(o: &Value) -> Option<(&str, u64)> {
+    let s = &o["status"];
+    let conds = s["conditions"].as_array()?;
+    if !conds.iter().any(|c| c["type"] == "Ready" && c["status"] == "True") {
+        return None;
+    }
+    Some((s["node"].as_str()?, s["ringEpoch"].as_u64()?))
+}
+
+/// (Ready ChatChannels, those of them at `epoch`), without copying anything
+/// (the driver polls this while the operator works).
+fn count_ready(fake: &FakeApi, epoch: Option<u64>) -> (usize, usize) {
+    let (mut ready, mut at) = (0, 0);
+    fake.for_each("chatchannels", NS, |o| {
+        if let Some((_, e)) = ready_status(o) {
+            ready += 1;
+            if Some(e) == epoch {
+                at += 1;
+            }
+        }
+    });
+    (ready, at)
+}
+
 /// name -> (node, epoch) of every ChatChannel whose Ready is True.
 fn ready_channels(fake: &FakeApi) -> HashMap<String, (String, u64)> {
     let mut out = HashMap::new();
     fake.for_each("chatchannels", NS, |o| {
-        let s = &o["status"];
-        let ready = s["conditions"]
-            .as_array()
-            .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"));
-        if let (true, Some(node), Some(epoch)) = (ready, s["node"].as_str(), s["ringEpoch"].as_u64()) {
+        if let Some((node, epoch)) = ready_status(o) {
             out.insert(o["metadata"]["name"].as_str().unwrap_or("").to_string(), (node.to_string(), epoch));
         }
     });
@@ -327,17 +348,14 @@ fn run_once(rt: &tokio::runtime::Runtime, args: &Args, run: usize) -> Result<Run
     let last_create = Instant::now();
     let deadline = Instant::now() + args.timeout;
     let ready_at = loop {
-        if ready_channels(&fake).len() == n {
+        let (ready, _) = count_ready(&fake, None);
+        if ready == n {
             break Instant::now();
         }
         if Instant::now() > deadline {
-            return Err(format!(
-                "only {} of {n} Ready after {:?}",
-                ready_channels(&fake).len(),
-                args.timeout
-            ));
+            return Err(format!("only {ready} of {n} Ready after {:?}", args.timeout));
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(100));
     };
     settle(lead, Duration::from_secs(2), Duration::from_secs(60));
     let after = snapshot(&fake, &redis, lead);
@@ -360,15 +378,14 @@ fn run_once(rt: &tokio::runtime::Runtime, args: &Args, run: usize) -> Result<Run
         std::thread::sleep(Duration::from_millis(20));
     };
     let all_at = loop {
-        let r = ready_channels(&fake);
-        if r.len() == n && r.values().all(|(_, e)| *e == new_epoch) {
+        let (ready, at) = count_ready(&fake, Some(new_epoch));
+        if ready == n && at == n {
             break Instant::now();
         }
         if Instant::now() > deadline {
-            let at = r.values().filter(|(_, e)| *e == new_epoch).count();
             return Err(format!("only {at} of {n} at epoch {new_epoch} after {:?}", args.timeout));
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(100));
     };
     settle(lead, Duration::from_secs(2), Duration::from_secs(60));
     let after = snapshot(&fake, &redis, lead);

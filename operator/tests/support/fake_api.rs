@@ -81,6 +81,18 @@ fn kind_of(prefix: &str, plural: &str) -> Option<Kind> {
 
 type Key = (String, String, String); // (plural, namespace, name)
 
+/// The objects of one kind in one namespace (a range of the ordered map,
+/// so a list of ChatChannels does not walk every Event).
+fn of_kind<'a>(
+    objects: &'a BTreeMap<Key, Value>,
+    plural: &'a str,
+    namespace: &'a str,
+) -> impl Iterator<Item = (&'a Key, &'a Value)> + 'a {
+    objects
+        .range((plural.to_string(), namespace.to_string(), String::new())..)
+        .take_while(move |((p, ns, _), _)| p == plural && ns == namespace)
+}
+
 /// One entry of the event log: what a watch stream sends, serialized once.
 #[derive(Debug)]
 struct WatchEvent {
@@ -489,17 +501,13 @@ impl FakeApi {
     /// All objects of one kind in a namespace.
     pub fn objects(&self, plural: &str, namespace: &str) -> Vec<Value> {
         let st = self.state.lock().unwrap();
-        st.objects
-            .iter()
-            .filter(|((p, ns, _), _)| p == plural && ns == namespace)
-            .map(|(_, v)| v.clone())
-            .collect()
+        of_kind(&st.objects, plural, namespace).map(|(_, v)| v.clone()).collect()
     }
 
     /// Visits every object of one kind in a namespace without copying it.
     pub fn for_each(&self, plural: &str, namespace: &str, mut f: impl FnMut(&Value)) {
         let st = self.state.lock().unwrap();
-        st.objects.iter().filter(|((p, ns, _), _)| p == plural && ns == namespace).for_each(|(_, v)| f(v));
+        of_kind(&st.objects, plural, namespace).for_each(|(_, v)| f(v));
     }
 
     /// Creates an object without HTTP (what `kubectl create` would do, not
@@ -569,14 +577,8 @@ impl FakeApi {
 
     fn list(&self, t: &Target, q: &HashMap<String, String>) -> Response {
         let st = self.state.lock().unwrap();
-        let items: Vec<&Value> = st
-            .objects
-            .iter()
-            .filter(|((p, ns, _), o)| {
-                *p == t.plural
-                    && *ns == t.namespace
-                    && matches_selector(o, q.get("labelSelector").map(String::as_str))
-            })
+        let items: Vec<&Value> = of_kind(&st.objects, &t.plural, &t.namespace)
+            .filter(|(_, o)| matches_selector(o, q.get("labelSelector").map(String::as_str)))
             .map(|(_, o)| o)
             .collect();
         let list = json!({
@@ -610,10 +612,7 @@ impl FakeApi {
                     (lines, st.rv)
                 }
                 None => {
-                    let lines = st
-                        .objects
-                        .iter()
-                        .filter(|((p, ns, _), _)| *p == t.plural && *ns == t.namespace)
+                    let lines = of_kind(&st.objects, &t.plural, &t.namespace)
                         .map(|((p, ns, _), o)| WatchEvent::new(st.rv, p, ns, "ADDED", o))
                         .filter(|e| wanted(e))
                         .map(|e| Ok(e.line))
