@@ -293,15 +293,19 @@ async fn apply(obj: Arc<ChatChannel>, ctx: &Context) -> Result<Action, Error> {
             }
         }
     }
-    write_status(&obj, ctx, &outcome, None).await?;
+    // Status and events are independent writes: one round trip, not two.
+    let events = async {
+        if obj.shows_paused() {
+            let note = format!("reconciliation resumed ({PAUSE_ANNOTATION} removed): {}", outcome.message);
+            publish_event(ctx, &obj, EventType::Normal, "Resumed", "Resume", note).await;
+        }
+        announce(&obj, ctx, &previous, &outcome).await;
+    };
+    let (status, ()) = tokio::join!(write_status(&obj, ctx, &outcome, None), events);
+    status?;
     if let Some(m) = outcome.members {
         ctx.members.shown(&channel, m);
     }
-    if obj.shows_paused() {
-        let note = format!("reconciliation resumed ({PAUSE_ANNOTATION} removed): {}", outcome.message);
-        publish_event(ctx, &obj, EventType::Normal, "Resumed", "Resume", note).await;
-    }
-    announce(&obj, ctx, &previous, &outcome).await;
     ctx.metrics.set_assignment(&name, outcome.node.as_deref().filter(|_| outcome.reason.is_ready()));
     if !outcome.reason.is_ready() {
         ctx.metrics.failures.with_label_values(&[outcome.reason.as_str()]).inc();
