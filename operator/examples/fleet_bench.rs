@@ -53,13 +53,16 @@ struct Args {
     /// Extra `KEY=VALUE` environment for the operator.
     env: Vec<(String, String)>,
     json: bool,
+    /// Instead of the operator runs: measure the fake API server alone for
+    /// this long.
+    api_capacity: Option<Duration>,
 }
 
 fn usage() -> ! {
     eprintln!(
         "usage: fleet_bench [--channels N (10000)] [--runs R (3)] [--replicas K (2)] [--nodes M (3)]\n\
          \x20                  [--debounce D (10s)] [--timeout SECS (300)] [--operator-bin PATH]\n\
-         \x20                  [--env KEY=VALUE]... [--json]"
+         \x20                  [--env KEY=VALUE]... [--json] [--api-capacity SECS]"
     );
     std::process::exit(2)
 }
@@ -79,6 +82,7 @@ fn parse_args() -> Args {
         operator_bin: default_bin,
         env: Vec::new(),
         json: false,
+        api_capacity: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -97,6 +101,9 @@ fn parse_args() -> Args {
                 a.env.push((k.to_string(), v.to_string()));
             }
             "--json" => a.json = true,
+            "--api-capacity" => {
+                a.api_capacity = Some(Duration::from_secs(val().parse().unwrap_or_else(|_| usage())))
+            }
             _ => usage(),
         }
     }
@@ -211,10 +218,13 @@ struct Phase {
     leader_cpu_ms_per_channel: f64,
     peak_connections: u64,
     connections_opened: u64,
-    /// Share of the phase the fake API spent handling requests.
+    /// Sum of the fake API's request handling times (wall clock, so it
+    /// includes waiting for a CPU or the state lock) over the phase length.
     api_server_busy: f64,
     /// CPU of this process (fake API + driver) over the phase, in cores.
     bench_cpu_cores: f64,
+    /// That CPU per API request served, in microseconds.
+    bench_cpu_us_per_request: f64,
 }
 
 fn phase(before: &Snapshot, after: &Snapshot, goal_seconds: f64, n: usize) -> Phase {
@@ -252,6 +262,8 @@ fn phase(before: &Snapshot, after: &Snapshot, goal_seconds: f64, n: usize) -> Ph
         connections_opened: after.api.connections_accepted - before.api.connections_accepted,
         api_server_busy: (after.api.busy - before.api.busy).as_secs_f64() / wall,
         bench_cpu_cores: (after.own_cpu - before.own_cpu).as_secs_f64() / wall,
+        bench_cpu_us_per_request: (after.own_cpu - before.own_cpu).as_secs_f64() * 1e6
+            / (after.api.total_requests() - before.api.total_requests()).max(1) as f64,
     }
 }
 
@@ -360,6 +372,10 @@ fn run_once(rt: &tokio::runtime::Runtime, args: &Args, run: usize) -> Result<Run
     settle(lead, Duration::from_secs(2), Duration::from_secs(60));
     let after = snapshot(&fake, &redis, lead);
     let apply = phase(&before, &after, ready_at.duration_since(first_create).as_secs_f64(), n);
+    eprintln!(
+        "run {run}: all {n} Ready {:.3} s after the last create; apply phase: {apply:#?}",
+        ready_at.duration_since(last_create).as_secs_f64()
+    );
     let owners_before = ready_channels(&fake);
 
     // Ring change: one more node.
@@ -420,6 +436,56 @@ fn run_once(rt: &tokio::runtime::Runtime, args: &Args, run: usize) -> Result<Run
     Ok(result)
 }
 
+/// The fake API server alone: `n` ChatChannels, one watcher reading every
+/// event (as the operator does), and 64 clients applying status patches as
+/// fast as they can for `secs`. Returns patches per second (a lower bound
+/// of the server's capacity: the clients run in this process too).
+fn api_capacity(rt: &tokio::runtime::Runtime, n: usize, secs: Duration) -> Result<f64, String> {
+    use chat_operator::crd::ChatChannel;
+    use futures_util::StreamExt;
+    use kube::api::{Api, Patch, PatchParams};
+    use kube::runtime::watcher;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    const CLIENTS: usize = 64;
+    let fake = rt.block_on(FakeApi::start());
+    for i in 0..n {
+        let obj = json!({"apiVersion": "chat.shardchat.io/v1alpha1", "kind": "ChatChannel",
+                         "metadata": {"name": format!("zone-{i}")}, "spec": {}});
+        fake.create_object("chatchannels", NS, obj)?;
+    }
+    let done = AtomicU64::new(0);
+    rt.block_on(async {
+        let client = fake.client(NS);
+        let api: Api<ChatChannel> = Api::namespaced(client.clone(), NS);
+        let watch = tokio::spawn(watcher(api.clone(), watcher::Config::default()).for_each(|_| async {}));
+        let stop = Instant::now() + secs;
+        let workers = (0..CLIENTS).map(|w| {
+            let api = api.clone();
+            let done = &done;
+            async move {
+                let mut i = w;
+                while Instant::now() < stop {
+                    let patch = json!({"apiVersion": "chat.shardchat.io/v1alpha1", "kind": "ChatChannel",
+                                       "status": {"ringEpoch": i, "node": "chat-node-1"}});
+                    let name = format!("zone-{}", i % n);
+                    if api
+                        .patch_status(&name, &PatchParams::apply("bench").force(), &Patch::Apply(&patch))
+                        .await
+                        .is_ok()
+                    {
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    i += CLIENTS;
+                }
+            }
+        });
+        futures_util::future::join_all(workers).await;
+        watch.abort();
+    });
+    Ok(done.load(Ordering::Relaxed) as f64 / secs.as_secs_f64())
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     let m = v.len() / 2;
@@ -428,7 +494,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn main() {
     let args = parse_args();
-    if !args.operator_bin.exists() {
+    if args.api_capacity.is_none() && !args.operator_bin.exists() {
         eprintln!(
             "{} not found: build it with `cargo build --release -p chat-operator --bin chat-operator \
              --example fleet_bench`, or pass --operator-bin",
@@ -438,6 +504,29 @@ fn main() {
     }
     let rt =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    if let Some(secs) = args.api_capacity {
+        let mut rates = Vec::new();
+        for run in 1..=args.runs {
+            match api_capacity(&rt, args.channels, secs) {
+                Ok(r) => {
+                    eprintln!("run {run}: {r:.0} status patches/s");
+                    rates.push(r);
+                }
+                Err(e) => {
+                    eprintln!("run {run} failed: {e}");
+                    std::process::exit(1);
+                }
+            }
+        }
+        let runs = rates.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>().join(", ");
+        println!(
+            "fake API server alone, {} ChatChannels, 1 watcher, 64 clients applying status for {secs:?}: \
+             median {:.0} status patches/s (runs: {runs})",
+            args.channels,
+            median(rates.clone())
+        );
+        return;
+    }
     let mut results = Vec::new();
     for run in 1..=args.runs {
         match run_once(&rt, &args, run) {
@@ -459,8 +548,9 @@ fn main() {
         ("apply: leader CPU per channel (ms)", |r| r.apply.leader_cpu_ms_per_channel),
         ("apply: most API connections open at once", |r| r.apply.peak_connections as f64),
         ("apply: API connections opened", |r| r.apply.connections_opened as f64),
-        ("apply: fake API server busy (share of the phase)", |r| r.apply.api_server_busy),
+        ("apply: fake API handler wall time (share of the phase)", |r| r.apply.api_server_busy),
         ("apply: bench process CPU (cores)", |r| r.apply.bench_cpu_cores),
+        ("apply: bench process CPU per API request (µs)", |r| r.apply.bench_cpu_us_per_request),
         ("ring 3→4: new epoch after the pod turned Ready (s)", |r| r.epoch_after_pod_ready),
         ("ring 3→4: all statuses at the new epoch after it (s)", |r| r.ring.seconds),
         ("ring 3→4: moved fraction", |r| r.moved_fraction),
@@ -469,7 +559,8 @@ fn main() {
         ("ring 3→4: Redis commands per channel", |r| r.ring.redis_per_channel),
         ("ring 3→4: leader CPU per channel (ms)", |r| r.ring.leader_cpu_ms_per_channel),
         ("ring 3→4: most API connections open at once", |r| r.ring.peak_connections as f64),
-        ("ring 3→4: fake API server busy (share of the phase)", |r| r.ring.api_server_busy),
+        ("ring 3→4: fake API handler wall time (share of the phase)", |r| r.ring.api_server_busy),
+        ("ring 3→4: bench process CPU (cores)", |r| r.ring.bench_cpu_cores),
         ("leader RSS at the end (MiB)", |r| r.rss_mib),
         ("leader peak RSS (MiB)", |r| r.peak_rss_mib),
         ("standby RSS (MiB)", |r| r.standby_rss_mib),
