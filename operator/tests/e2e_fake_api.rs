@@ -118,6 +118,23 @@ async fn operator_assigns_rebalances_edits_and_deletes_channels() {
     assert!(obj.finalizers().contains(&chat_operator::crd::FINALIZER.to_string()));
     assert_eq!(obj.status.as_ref().unwrap().observed_generation, Some(1));
 
+    // Member counts: the nodes' registry hash {p}:users:<channel> (HLEN)
+    // reaches status.members within a refresh period (1 s here).
+    let town5 = channels.get("town-5").await.unwrap();
+    assert_eq!(town5.status.as_ref().unwrap().members, Some(0));
+    redis.raw(&["HSET", &format!("{PREFIX}:users:town-5"), "alice", "1", "bob", "2", "carol", "1"]);
+    wait_for("3 members in the status of town-5", Duration::from_secs(10), || async {
+        let c = channels.get("town-5").await.unwrap();
+        (c.status?.members == Some(3)).then_some(())
+    })
+    .await;
+    redis.raw(&["HDEL", &format!("{PREFIX}:users:town-5"), "bob"]);
+    wait_for("2 members in the status of town-5", Duration::from_secs(10), || async {
+        let c = channels.get("town-5").await.unwrap();
+        (c.status?.members == Some(2)).then_some(())
+    })
+    .await;
+
     // 2. Scale 3 -> 4: after the debounce, a new epoch; only moved channels
     //    change node, and all of them move to the new node.
     let scaled_at = Instant::now();
