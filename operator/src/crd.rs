@@ -16,8 +16,12 @@ use shardchat_common::{
 pub const GROUP: &str = "chat.shardchat.io";
 /// Finalizer the operator puts on every `ChatChannel` it has seen.
 pub const FINALIZER: &str = "chat.shardchat.io/cleanup";
-/// The one condition type the operator maintains.
+/// The condition type the operator maintains on every ChatChannel.
 pub const READY: &str = "Ready";
+/// Condition present (True) while reconciliation is paused.
+pub const PAUSED: &str = "Paused";
+/// Annotation that pauses reconciliation of one ChatChannel when "true".
+pub const PAUSE_ANNOTATION: &str = "chat.shardchat.io/paused";
 
 /// Regular expression of a valid channel name (the same rule as
 /// `shardchat_common::channel::validate`).
@@ -60,11 +64,17 @@ pub mod bounds {
     printcolumn(
         name = "Reason",
         type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
-        priority = 1
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
     ),
+    printcolumn(name = "Epoch", type_ = "integer", json_path = ".status.ringEpoch"),
+    printcolumn(name = "Members", type_ = "integer", json_path = ".status.members"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
-    printcolumn(name = "Epoch", type_ = "integer", json_path = ".status.ringEpoch", priority = 1)
+    printcolumn(
+        name = "Message",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].message",
+        priority = 1
+    )
 )]
 #[x_kube(validation = Rule::new("has(self.channel) == has(oldSelf.channel)").message("spec.channel cannot be added or removed after creation"))]
 #[serde(rename_all = "camelCase")]
@@ -184,7 +194,13 @@ pub struct ChatChannelStatus {
     /// metadata.generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Standard conditions; the operator maintains `Ready`.
+    /// Approximate number of distinct members (users joined on any node),
+    /// read periodically from the nodes' registry in Redis; lags by up to
+    /// the operator's `--members-refresh`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub members: Option<u64>,
+    /// Standard conditions; the operator maintains `Ready` (and `Paused`
+    /// while the pause annotation is set).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
@@ -255,6 +271,18 @@ impl ChatChannel {
     /// Reason of the current `Ready` condition, if it is one of ours.
     pub fn ready_reason(&self) -> Option<Reason> {
         Reason::parse(&self.ready_condition()?.reason)
+    }
+
+    /// Whether the pause annotation is set to "true" (case-insensitive).
+    pub fn is_paused(&self) -> bool {
+        self.annotations().get(PAUSE_ANNOTATION).is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
+    }
+
+    /// Whether the status carries the `Paused` condition.
+    pub fn shows_paused(&self) -> bool {
+        self.status
+            .as_ref()
+            .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == PAUSED && c.status == "True"))
     }
 
     /// Validates the spec and converts it into the config nodes read.
@@ -429,7 +457,15 @@ mod tests {
             .iter()
             .map(|c| (c["name"].as_str().unwrap().to_string(), c["priority"].as_i64().unwrap_or(0)))
             .collect();
-        for (name, prio) in [("Node", 0), ("Ready", 0), ("Age", 0), ("Epoch", 1)] {
+        for (name, prio) in [
+            ("Node", 0),
+            ("Ready", 0),
+            ("Reason", 0),
+            ("Epoch", 0),
+            ("Members", 0),
+            ("Age", 0),
+            ("Channel", 1),
+        ] {
             assert!(cols.contains(&(name.to_string(), prio)), "{name} missing in {cols:?}");
         }
         let spec = &v["schema"]["openAPIV3Schema"]["properties"]["spec"];

@@ -2,12 +2,17 @@
 //! hash ring and publishes ring and channel config to Redis
 //! (docs/operator.md, docs/redis-layout.md).
 
+pub mod claims;
+pub mod config_writer;
 pub mod controller;
 #[cfg(test)]
 mod controller_tests;
 pub mod crd;
+pub mod epoch_floor;
+pub mod events;
 pub mod http;
 pub mod leader;
+pub mod members;
 pub mod membership;
 pub mod metrics;
 pub mod planner;
@@ -20,16 +25,20 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{Controller, watcher};
+use futures_util::{StreamExt, TryStreamExt};
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{Controller, WatchStreamExt, controller as kube_controller, watcher};
 use kube::{Api, Client};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
+use crate::claims::Claims;
+use crate::config_writer::ConfigWriter;
 use crate::crd::ChatChannel;
+use crate::epoch_floor::FloorStore;
+use crate::members::Members;
 use crate::metrics::Metrics;
+use crate::ring_manager::RingView;
 use crate::store::Store;
 
 /// Parses `10s`, `500ms`, `2m`, `1h` or plain seconds.
@@ -91,9 +100,21 @@ pub struct RunArgs {
     /// changes.
     #[arg(long, env = "CHAT_OPERATOR_RING_DEBOUNCE", default_value = "10s", value_parser = parse_duration)]
     pub ring_debounce: Duration,
-    /// Period of the drift-repair requeue of every ChatChannel.
+    /// Period of the drift-repair requeue of every ChatChannel (each object
+    /// gets a fixed offset of up to ±10 %, so a fleet created at once does
+    /// not come back at once).
     #[arg(long, env = "CHAT_OPERATOR_REQUEUE", default_value = "60s", value_parser = parse_duration)]
     pub requeue: Duration,
+    /// Most reconciles running at once (bounds the API requests and HTTP
+    /// connections in flight; config writes of concurrent reconciles share
+    /// one Redis round trip).
+    #[arg(long, env = "CHAT_OPERATOR_CONCURRENCY", default_value_t = 32,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: u16,
+    /// How often member counts (status.members, the MEMBERS column) are read
+    /// from Redis.
+    #[arg(long, env = "CHAT_OPERATOR_MEMBERS_REFRESH", default_value = "30s", value_parser = parse_duration)]
+    pub members_refresh: Duration,
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, env = "CHAT_OPERATOR_METRICS_LISTEN", default_value = "0.0.0.0:8081")]
     pub metrics_listen: SocketAddr,
@@ -213,7 +234,8 @@ pub async fn run(
     Ok(())
 }
 
-/// Leader work: ring manager + controller; returns only on error.
+/// Leader work: ring manager, members refresh, config writer and the
+/// controller; returns only on error.
 async fn lead(
     client: Client,
     args: &RunArgs,
@@ -223,48 +245,76 @@ async fn lead(
     health: Arc<Health>,
 ) -> anyhow::Result<()> {
     let shared = health.metrics.clone();
-    let (ring_tx, ring_rx) = watch::channel(None);
-    let (ready_tx, mut ready_rx) = watch::channel(false);
+    let (ring_tx, ring_rx) = watch::channel(RingView::Starting);
     let ring_cfg = ring_manager::RingConfig {
         namespace: namespace.to_string(),
         node_selector: args.node_selector.clone(),
         vnodes: args.vnodes,
         debounce: args.ring_debounce,
         check_every: Duration::from_secs(5).min(args.requeue),
+        floor: FloorStore {
+            client: client.clone(),
+            namespace: namespace.to_string(),
+            lease: args.lease_name.clone(),
+        },
     };
-    let ring_task =
-        ring_manager::run(client.clone(), store.clone(), ring_cfg, ring_tx, ready_tx, shared.clone());
+    let ring_task = ring_manager::run(client.clone(), store.clone(), ring_cfg, ring_tx, shared.clone());
+    let (configs, config_task) = ConfigWriter::new(store.clone());
+    let claims = Arc::new(Claims::default());
+    let members = Arc::new(Members::default());
+    // Objects to reconcile besides their own watch events: claimants of a
+    // name whose winner changed, and channels whose member count moved.
+    let (again_tx, again_rx) = mpsc::unbounded_channel::<ObjectRef<ChatChannel>>();
+    let members_task = members::run(&members, &store, &claims, args.members_refresh, again_tx.clone());
     let controller = async {
-        // Start reconciling only once the ring is known, so a new leader
-        // does not flap every status to NoNodes.
-        let _ = ready_rx.wait_for(|r| *r).await;
+        // Start once the ring manager has tried Redis: with the ring known,
+        // so a new leader does not flap every status to NoNodes; or with
+        // Redis unreachable, so statuses say so and deletions go on once
+        // it is back.
+        let mut ring_wait = ring_rx.clone();
+        let _ = ring_wait.wait_for(|v| *v != RingView::Starting).await;
         let api: Api<ChatChannel> = Api::namespaced(client.clone(), namespace);
-        let (retrigger_tx, retrigger_rx) = mpsc::unbounded_channel();
+        let (reader, writer) = reflector::store::<ChatChannel>();
+        let index = claims.clone();
+        let again = again_tx.clone();
+        let objects = watcher(api, watcher::Config::default())
+            .default_backoff()
+            .reflect(writer)
+            .map_ok(move |event| {
+                for o in index.apply(&event) {
+                    let _ = again.send(o);
+                }
+                event
+            })
+            .applied_objects()
+            .predicate_filter(controller::trigger_hash, Default::default());
         let ring_changes = futures_util::stream::unfold(ring_rx.clone(), |mut rx| async move {
             rx.changed().await.ok()?;
             Some(((), rx))
         });
-        // A handover (the winner of a contested channel name left) is rare:
-        // reconcile everything then, like on a ring change.
-        let retriggers = futures_util::stream::unfold(retrigger_rx, |mut rx| async move {
-            let _: ObjectRef<ChatChannel> = rx.recv().await?;
-            Some(((), rx))
+        let again = futures_util::stream::unfold(again_rx, |mut rx| async move {
+            let o = rx.recv().await?;
+            Some((o, rx))
         });
-        let controller = Controller::new(api, watcher::Config::default())
-            .reconcile_all_on(futures_util::stream::select(ring_changes, retriggers));
+        let controller = Controller::for_stream(objects, reader)
+            .with_config(kube_controller::Config::default().concurrency(args.concurrency))
+            .reconcile_all_on(ring_changes)
+            .reconcile_on(again);
         let ctx = Arc::new(controller::Context {
             client: client.clone(),
             namespace: namespace.to_string(),
             store: store.clone(),
-            channels: controller.store(),
+            configs: configs.clone(),
+            claims: claims.clone(),
             ring: ring_rx.clone(),
-            recorder: Recorder::new(
-                client.clone(),
-                Reporter { controller: "chat-operator".into(), instance: Some(identity.to_string()) },
-            ),
+            events: events::Events::new(client.clone(), "chat-operator", identity),
+            members: members.clone(),
             metrics: shared.clone(),
             requeue: args.requeue,
-            retrigger: retrigger_tx,
+            hints: controller::Hints {
+                node_selector: args.node_selector.clone(),
+                ring_debounce: args.ring_debounce,
+            },
         });
         controller
             .run(controller::reconcile, controller::error_policy, ctx)
@@ -277,6 +327,8 @@ async fn lead(
     };
     tokio::select! {
         _ = ring_task => anyhow::bail!("ring manager stopped"),
+        _ = config_task => anyhow::bail!("config writer stopped"),
+        _ = members_task => anyhow::bail!("members refresh stopped"),
         _ = controller => anyhow::bail!("controller stopped"),
     }
 }

@@ -123,8 +123,9 @@ impl Membership {
 ///
 /// * `stored`: what `{p}:ring` holds now (None when Redis lost it).
 /// * `last`: the ring this process published last (None after a restart).
-/// * `floor`: highest epoch seen anywhere else (e.g. in ChatChannel status),
-///   so the epoch never goes back even when Redis restarted empty.
+/// * `floor`: highest epoch recorded outside Redis (the Lease annotation of
+///   `epoch_floor`), so the epoch never goes back even when Redis restarted
+///   empty.
 ///
 /// The epoch stays when the members are those of the newest known ring and
 /// increases by one otherwise. Returns None when `stored` is already right.
@@ -143,13 +144,13 @@ pub fn next_ring(
         }
         // vnode count changed by configuration: that changes owners, so
         // it is a new epoch too.
-        return Some(RingSnapshot { epoch: newest + 1, vnodes, nodes: members.to_vec() });
+        return Some(RingSnapshot { epoch: newest.saturating_add(1), vnodes, nodes: members.to_vec() });
     }
     if same(last) && last.is_some_and(|l| l.vnodes == vnodes) {
         // Redis lost (or holds an older copy of) the ring we published.
         return last.cloned();
     }
-    Some(RingSnapshot { epoch: newest + 1, vnodes, nodes: members.to_vec() })
+    Some(RingSnapshot { epoch: newest.saturating_add(1), vnodes, nodes: members.to_vec() })
 }
 
 #[cfg(test)]
@@ -255,7 +256,7 @@ mod tests {
         // Redis lost the ring: our last copy is restored unchanged.
         let last = snap(5, &["a", "b"]);
         assert_eq!(next_ring(&v(&["a", "b"]), 128, None, Some(&last), 0), Some(last.clone()));
-        // Redis lost it and we restarted: the floor from status keeps it going up.
+        // Redis lost it and we restarted: the recorded floor keeps it going up.
         assert_eq!(next_ring(&v(&["a", "b"]), 128, None, None, 5), Some(snap(6, &["a", "b"])));
         // Someone wrote a higher epoch than ours: we go above it.
         assert_eq!(

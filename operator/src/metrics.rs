@@ -1,6 +1,6 @@
 //! Prometheus metrics of the operator (served on `/metrics`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Mutex;
 
 use prometheus::{
@@ -82,22 +82,26 @@ impl Metrics {
         }
     }
 
-    /// Records (or with None forgets) the owner of one ChatChannel.
+    /// Records (or with None forgets) the owner of one ChatChannel. O(1):
+    /// only the two nodes concerned have their gauge moved.
     pub fn set_assignment(&self, object: &str, node: Option<&str>) {
         let mut a = self.assignments.lock().expect("metrics lock");
-        let changed = match node {
-            Some(n) => a.insert(object.to_string(), n.to_string()).as_deref() != Some(n),
-            None => a.remove(object).is_some(),
+        let old = match node {
+            Some(n) => match a.get(object) {
+                Some(cur) if cur == n => return,
+                _ => a.insert(object.to_string(), n.to_string()),
+            },
+            None => a.remove(object),
         };
-        if changed {
-            let mut counts: BTreeMap<&str, i64> = BTreeMap::new();
-            for n in a.values() {
-                *counts.entry(n).or_default() += 1;
+        if let Some(old) = old {
+            let g = self.channels_per_node.with_label_values(&[old.as_str()]);
+            g.dec();
+            if g.get() <= 0 {
+                let _ = self.channels_per_node.remove_label_values(&[old.as_str()]);
             }
-            self.channels_per_node.reset();
-            for (n, c) in counts {
-                self.channels_per_node.with_label_values(&[n]).set(c);
-            }
+        }
+        if let Some(n) = node {
+            self.channels_per_node.with_label_values(&[n]).inc();
         }
     }
 

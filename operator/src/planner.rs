@@ -1,9 +1,10 @@
-//! The assignment planner: for one `ChatChannel`, given every other
-//! `ChatChannel` and the current ring, what should be published and what
-//! the status should say. Pure: no I/O.
+//! The assignment planner: for one `ChatChannel`, given the other
+//! `ChatChannel`s that claim the same channel name and the current ring,
+//! what should be published and what the status should say. Pure: no I/O.
 
 use shardchat_common::ChannelConfig;
 
+use crate::claims::{Claim, oldest};
 use crate::crd::{ChatChannel, Reason, SpecError};
 use crate::ring::Ring;
 use kube::ResourceExt;
@@ -30,37 +31,28 @@ impl Decision {
     }
 }
 
-/// Sort key for "who claimed the channel first": creationTimestamp, then
-/// metadata.name so the order is total and the same on every replica.
-fn claim_key(c: &ChatChannel) -> (Option<i64>, String) {
-    let ts = c.metadata.creation_timestamp.as_ref().map(|t| t.0.as_nanosecond() as i64);
-    // Objects without a timestamp (not yet persisted) sort last.
-    (Some(ts.unwrap_or(i64::MAX)), c.name_any())
+/// The claimants of `obj`'s channel with `obj` itself in its current state
+/// (`claimants` may hold an older copy of it, or not hold it yet).
+pub fn with_self(obj: &ChatChannel, claimants: &[Claim]) -> Vec<Claim> {
+    let me = Claim::of(obj);
+    let mut all: Vec<Claim> = claimants.iter().filter(|c| c.name != me.name).cloned().collect();
+    all.push(me);
+    all
 }
 
-/// The object that owns `channel` among `all`: the oldest claimant.
-pub fn winner<'a, I>(channel: &str, all: I) -> Option<&'a ChatChannel>
-where
-    I: IntoIterator<Item = &'a ChatChannel>,
-{
-    all.into_iter().filter(|c| c.channel_name() == channel).min_by_key(|c| claim_key(c))
-}
-
-/// Decides what to do with `obj`. `all` is every `ChatChannel` in the
-/// namespace (it may or may not include `obj` itself).
-pub fn decide<'a, I>(obj: &'a ChatChannel, all: I, ring: Option<&Ring>) -> Decision
-where
-    I: IntoIterator<Item = &'a ChatChannel>,
-{
+/// Decides what to do with `obj`. `claimants` are the objects that claim
+/// the same channel name (from [`crate::claims::Claims`]; `obj` itself may
+/// or may not be among them). Costs O(claimants), not O(fleet).
+pub fn decide(obj: &ChatChannel, claimants: &[Claim], ring: Option<&Ring>) -> Decision {
     let config = match obj.channel_config() {
         Ok(c) => c,
         Err(e) => return Decision::Invalid(e),
     };
     let channel = config.name.as_str().to_string();
-    let claimants = all.into_iter().filter(|c| c.uid() != obj.uid() || c.uid().is_none());
-    let w = winner(&channel, claimants.chain(std::iter::once(obj))).expect("obj claims its own channel");
-    if w.uid() != obj.uid() || w.name_any() != obj.name_any() {
-        return Decision::Conflict { channel, winner: w.name_any() };
+    let all = with_self(obj, claimants);
+    let w = oldest(&all).expect("obj claims its own channel");
+    if w.name != obj.name_any() {
+        return Decision::Conflict { channel, winner: w.name.clone() };
     }
     let owner = ring.and_then(|r| r.owner(&channel)).map(str::to_string);
     let epoch = ring.map(|r| r.epoch());
@@ -91,8 +83,17 @@ pub(crate) mod tests {
         Ring::new(epoch, crate::ring::DEFAULT_VNODES, (0..n).map(|i| format!("chat-node-{i}"))).unwrap()
     }
 
+    /// The claimants of `obj`'s channel among `all` (what the index holds).
+    pub(crate) fn claims_of(obj: &ChatChannel, all: &[ChatChannel]) -> Vec<Claim> {
+        all.iter().filter(|c| c.channel_name() == obj.channel_name()).map(Claim::of).collect()
+    }
+
+    fn decide_in(obj: &ChatChannel, all: &[ChatChannel], ring: Option<&Ring>) -> Decision {
+        decide(obj, &claims_of(obj, all), ring)
+    }
+
     fn plan(all: &[ChatChannel], ring: Option<&Ring>) -> BTreeMap<String, Decision> {
-        all.iter().map(|c| (c.name_any(), decide(c, all, ring))).collect()
+        all.iter().map(|c| (c.name_any(), decide_in(c, all, ring))).collect()
     }
 
     fn owners(all: &[ChatChannel], ring: &Ring) -> BTreeMap<String, String> {
@@ -139,7 +140,7 @@ pub(crate) mod tests {
     #[test]
     fn no_nodes_still_publishes_config() {
         let all = vec![cc("town-1", 0, None)];
-        let d = decide(&all[0], &all, None);
+        let d = decide_in(&all[0], &all, None);
         assert_eq!(d.reason(), Reason::NoNodes);
         assert!(matches!(d, Decision::Publish { owner: None, epoch: None, .. }));
     }
@@ -148,7 +149,7 @@ pub(crate) mod tests {
     fn invalid_spec_publishes_nothing() {
         let mut bad = cc("town-1", 0, None);
         bad.spec.retention = Some(RetentionSpec { max_messages: Some(0), max_age_seconds: None });
-        let d = decide(&bad, std::slice::from_ref(&bad), Some(&ring(1, 3)));
+        let d = decide(&bad, &[], Some(&ring(1, 3)));
         assert_eq!(d.reason(), Reason::InvalidSpec);
     }
 
@@ -159,16 +160,16 @@ pub(crate) mod tests {
         let plain = cc("lobby", 20, None); // claims "lobby" through its name
         let all = vec![newer.clone(), plain.clone(), older.clone()];
         let r = ring(1, 3);
-        assert_eq!(decide(&older, &all, Some(&r)).reason(), Reason::Assigned);
+        assert_eq!(decide_in(&older, &all, Some(&r)).reason(), Reason::Assigned);
         assert_eq!(
-            decide(&newer, &all, Some(&r)),
+            decide_in(&newer, &all, Some(&r)),
             Decision::Conflict { channel: "lobby".into(), winner: "lobby-a".into() }
         );
-        assert_eq!(decide(&plain, &all, Some(&r)).reason(), Reason::Conflict);
+        assert_eq!(decide_in(&plain, &all, Some(&r)).reason(), Reason::Conflict);
         // Once the winner is gone the next oldest takes over.
         let rest = vec![newer.clone(), plain.clone()];
-        assert_eq!(decide(&newer, &rest, Some(&r)).reason(), Reason::Assigned);
-        assert_eq!(decide(&plain, &rest, Some(&r)).reason(), Reason::Conflict);
+        assert_eq!(decide_in(&newer, &rest, Some(&r)).reason(), Reason::Assigned);
+        assert_eq!(decide_in(&plain, &rest, Some(&r)).reason(), Reason::Conflict);
     }
 
     #[test]
@@ -176,7 +177,7 @@ pub(crate) mod tests {
         let a = cc("a", 5, Some("x"));
         let b = cc("b", 5, Some("x"));
         let all = vec![b.clone(), a.clone()];
-        assert_eq!(decide(&a, &all, None).reason(), Reason::NoNodes);
-        assert_eq!(decide(&b, &all, None).reason(), Reason::Conflict);
+        assert_eq!(decide_in(&a, &all, None).reason(), Reason::NoNodes);
+        assert_eq!(decide_in(&b, &all, None).reason(), Reason::Conflict);
     }
 }

@@ -118,6 +118,23 @@ async fn operator_assigns_rebalances_edits_and_deletes_channels() {
     assert!(obj.finalizers().contains(&chat_operator::crd::FINALIZER.to_string()));
     assert_eq!(obj.status.as_ref().unwrap().observed_generation, Some(1));
 
+    // Member counts: the nodes' registry hash {p}:users:<channel> (HLEN)
+    // reaches status.members within a refresh period (1 s here).
+    let town5 = channels.get("town-5").await.unwrap();
+    assert_eq!(town5.status.as_ref().unwrap().members, Some(0));
+    redis.raw(&["HSET", &format!("{PREFIX}:users:town-5"), "alice", "1", "bob", "2", "carol", "1"]);
+    wait_for("3 members in the status of town-5", Duration::from_secs(10), || async {
+        let c = channels.get("town-5").await.unwrap();
+        (c.status?.members == Some(3)).then_some(())
+    })
+    .await;
+    redis.raw(&["HDEL", &format!("{PREFIX}:users:town-5"), "bob"]);
+    wait_for("2 members in the status of town-5", Duration::from_secs(10), || async {
+        let c = channels.get("town-5").await.unwrap();
+        (c.status?.members == Some(2)).then_some(())
+    })
+    .await;
+
     // 2. Scale 3 -> 4: after the debounce, a new epoch; only moved channels
     //    change node, and all of them move to the new node.
     let scaled_at = Instant::now();
@@ -199,8 +216,26 @@ async fn operator_assigns_rebalances_edits_and_deletes_channels() {
         assert_eq!(*node, before[k].0, "{k}");
     }
 
-    // Events and metrics.
+    // Events: every move of a channel has its own event, and the newest
+    // one names the owner and epoch the status shows (kubectl describe).
     let events = fake.objects("events", NS);
+    for k in &moved {
+        if k.as_str() == "town-137" {
+            continue; // deleted meanwhile
+        }
+        let mut reassigned: Vec<&serde_json::Value> = events
+            .iter()
+            .filter(|e| e["regarding"]["name"] == k.as_str() && e["reason"] == "Reassigned")
+            .collect();
+        reassigned.sort_by_key(|e| e["eventTime"].as_str().unwrap_or("").to_string());
+        assert_eq!(reassigned.len(), 2, "{k}: one event per move: {reassigned:#?}");
+        let note = reassigned[1]["note"].as_str().unwrap();
+        let (node, epoch) = &back[*k];
+        assert!(note.contains(&format!("owned by {node} ")), "{k}: {note}");
+        assert!(note.contains(&format!("ring epoch {epoch})")), "{k}: {note}");
+        assert!(reassigned[0]["note"].as_str().unwrap().contains("owned by chat-node-3 "), "{k}");
+    }
+
     let reasons: Vec<&str> = events.iter().filter_map(|e| e["reason"].as_str()).collect();
     for r in ["Assigned", "Reassigned", "Deleted"] {
         assert!(reasons.contains(&r), "no {r} event in {reasons:?}");

@@ -138,3 +138,93 @@ async fn only_the_leader_reconciles_and_the_standby_takes_over() {
     assert_eq!(ring_in(&redis).epoch, epoch, "a failover with the same members must keep the epoch");
     let _ = fake;
 }
+
+/// The leader is SIGKILLed (no lease release, no graceful stop) right after
+/// it published a new ring, while 1,000 channels move: the standby takes
+/// over, keeps that epoch, and brings every status to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_standby_finishes_a_ring_change_when_the_leader_is_killed() {
+    use std::collections::HashMap;
+    use support::process::{OperatorCmd, OperatorProcess};
+
+    const N: usize = 1000;
+    let redis = RedisServer::start();
+    let fake = FakeApi::start().await;
+    for i in 0..3 {
+        let pod = serde_json::to_value(chat_node_pod(&format!("chat-node-{i}"), 60)).unwrap();
+        fake.create_object("pods", NS, pod).unwrap();
+    }
+    let dir = shardchat_tests::node::TempDir::new("ha-kill").unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, fake.kubeconfig(NS)).unwrap();
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_chat-operator"));
+    let url = redis.url();
+    let spawn = |identity: &str| {
+        OperatorProcess::spawn(OperatorCmd {
+            bin,
+            kubeconfig: &kubeconfig,
+            redis_url: &url,
+            namespace: NS,
+            identity,
+            env: [
+                ("CHAT_OPERATOR_REDIS_PREFIX", PREFIX),
+                ("CHAT_OPERATOR_RING_DEBOUNCE", "1s"),
+                ("CHAT_OPERATOR_LEASE_DURATION", "4s"),
+                ("CHAT_OPERATOR_LEASE_GRACE", "1s"),
+                ("RUST_LOG", "warn"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+            log: dir.path().join(format!("{identity}.log")),
+        })
+    };
+    let mut a = spawn("op-a");
+    assert!(tokio::task::block_in_place(|| a.wait_leader(Duration::from_secs(20))), "{}", a.log_text());
+    let b = spawn("op-b");
+    for i in 0..N {
+        let obj = json!({"apiVersion": "chat.shardchat.io/v1alpha1", "kind": "ChatChannel",
+                         "metadata": {"name": format!("zone-{i}")}, "spec": {}});
+        fake.create_object("chatchannels", NS, obj).unwrap();
+    }
+    // name -> (node, epoch) of Ready channels.
+    let ready = || {
+        let mut out = HashMap::new();
+        fake.for_each("chatchannels", NS, |o| {
+            let s = &o["status"];
+            let ok = s["conditions"][0]["status"] == "True";
+            if let (true, Some(n), Some(e)) = (ok, s["node"].as_str(), s["ringEpoch"].as_u64()) {
+                out.insert(o["metadata"]["name"].as_str().unwrap().to_string(), (n.to_string(), e));
+            }
+        });
+        out
+    };
+    wait_for("1000 Ready", Duration::from_secs(60), || async { (ready().len() == N).then_some(()) }).await;
+    let first = ring_in(&redis);
+
+    // Scale 3 -> 4 and kill the leader as soon as the new ring is out.
+    let pod = serde_json::to_value(chat_node_pod("chat-node-3", 0)).unwrap();
+    fake.create_object("pods", NS, pod).unwrap();
+    let ring = wait_for("new ring", Duration::from_secs(20), || async {
+        let r = ring_in(&redis);
+        (r.epoch > first.epoch).then_some(r)
+    })
+    .await;
+    a.kill();
+    let moved_at_kill = ready().values().filter(|(_, e)| *e == ring.epoch).count();
+    println!("leader killed with {moved_at_kill} of {N} statuses at epoch {}", ring.epoch);
+
+    let all = wait_for("every status at the new epoch", Duration::from_secs(60), || async {
+        let r = ready();
+        (r.len() == N && r.values().all(|(_, e)| *e == ring.epoch)).then_some(r)
+    })
+    .await;
+    assert_eq!(b.role().as_deref(), Some("leader"), "{}", b.log_text());
+    assert_eq!(ring_in(&redis), ring, "the standby finished the job with the same epoch");
+    let owners = chat_operator::ring::Ring::try_from(ring.clone()).unwrap();
+    for (name, (node, _)) in &all {
+        assert_eq!(Some(node.as_str()), owners.owner(name), "{name}");
+    }
+    let moved = all.values().filter(|(n, _)| n == "chat-node-3").count();
+    assert!(moved > N / 8 && moved < N * 13 / 40, "{moved} of {N} moved to the new node");
+}

@@ -55,6 +55,11 @@ async fn delete_policy_removes_config_and_history_and_sends_close() {
     assert_eq!(redis.raw(&["XLEN", "sc:inbox:chat-node-1"]), "1");
 }
 
+/// Where the floor would be recorded (the Lease, in the operator).
+async fn no_floor(_epoch: u64) -> Result<(), chat_operator::store::StoreError> {
+    Ok(())
+}
+
 fn members(n: usize) -> Vec<String> {
     (0..n).map(|i| format!("chat-node-{i}")).collect()
 }
@@ -63,26 +68,26 @@ fn members(n: usize) -> Vec<String> {
 async fn ring_epoch_only_moves_forward() {
     let redis = RedisServer::start();
     let s = store(&redis).await;
-    let r1 = publish(&s, &members(3), 512, None, 0).await.unwrap();
+    let r1 = publish(&s, &members(3), 512, None, 0, no_floor).await.unwrap();
     assert_eq!(r1, RingSnapshot { epoch: 1, vnodes: 512, nodes: members(3) });
     assert_eq!(
         redis.raw(&["GET", "sc:ring"]),
         r#"{"epoch":1,"vnodes":512,"nodes":["chat-node-0","chat-node-1","chat-node-2"]}"#
     );
     // Same members: same epoch, nothing written.
-    assert_eq!(publish(&s, &members(3), 512, Some(&r1), 0).await.unwrap(), r1);
-    let r2 = publish(&s, &members(4), 512, Some(&r1), 0).await.unwrap();
+    assert_eq!(publish(&s, &members(3), 512, Some(&r1), 0, no_floor).await.unwrap(), r1);
+    let r2 = publish(&s, &members(4), 512, Some(&r1), 0, no_floor).await.unwrap();
     assert_eq!(r2.epoch, 2);
     // Redis restarted empty: the last ring comes back unchanged.
     redis.raw(&["FLUSHALL"]);
-    assert_eq!(publish(&s, &members(4), 512, Some(&r2), 0).await.unwrap(), r2);
+    assert_eq!(publish(&s, &members(4), 512, Some(&r2), 0, no_floor).await.unwrap(), r2);
     assert_eq!(s.ring().await.unwrap(), Some(r2.clone()));
-    // ... and after an operator restart too, thanks to the status floor.
+    // ... and after an operator restart too, thanks to the recorded floor.
     redis.raw(&["FLUSHALL"]);
-    assert_eq!(publish(&s, &members(4), 512, None, 2).await.unwrap().epoch, 3);
+    assert_eq!(publish(&s, &members(4), 512, None, 2, no_floor).await.unwrap().epoch, 3);
     // A foreign, higher epoch in Redis: we go above it.
     redis.raw(&["SET", "sc:ring", r#"{"epoch":40,"vnodes":512,"nodes":["chat-node-0"]}"#]);
-    assert_eq!(publish(&s, &members(4), 512, Some(&r2), 0).await.unwrap().epoch, 41);
+    assert_eq!(publish(&s, &members(4), 512, Some(&r2), 0, no_floor).await.unwrap().epoch, 41);
 }
 
 #[tokio::test]

@@ -15,21 +15,33 @@
 //!
 //! Not supported (not needed by the operator): PUT, field selectors,
 //! pagination tokens, bookmarks, 410 Gone, admission or schema validation.
+//!
+//! Built to stay out of the way at fleet scale (the fleet benchmark,
+//! `operator/examples/fleet_bench.rs`, runs it with 10,000 objects): watch
+//! streams read an append-only event log (a slow watcher never misses an
+//! event), each event is serialized once for every watcher, requests and
+//! connections are counted, and the time spent handling requests is summed
+//! so a run can show the server was not the bottleneck.
 
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::Response;
 use futures_util::StreamExt as _;
 use serde_json::{Value, json};
-use tokio::sync::broadcast;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 
 /// Static facts about one resource type.
 #[derive(Clone, Copy)]
@@ -69,13 +81,40 @@ fn kind_of(prefix: &str, plural: &str) -> Option<Kind> {
 
 type Key = (String, String, String); // (plural, namespace, name)
 
-#[derive(Clone, Debug)]
+/// The objects of one kind in one namespace (a range of the ordered map,
+/// so a list of ChatChannels does not walk every Event).
+fn of_kind<'a>(
+    objects: &'a BTreeMap<Key, Value>,
+    plural: &'a str,
+    namespace: &'a str,
+) -> impl Iterator<Item = (&'a Key, &'a Value)> + 'a {
+    objects
+        .range((plural.to_string(), namespace.to_string(), String::new())..)
+        .take_while(move |((p, ns, _), _)| p == plural && ns == namespace)
+}
+
+/// One entry of the event log: what a watch stream sends, serialized once.
+#[derive(Debug)]
 struct WatchEvent {
     rv: u64,
     plural: String,
     namespace: String,
-    type_: &'static str,
-    object: Value,
+    /// `metadata.labels` of the object (for `labelSelector`).
+    labels: Value,
+    /// The watch line: `{"type":..,"object":..}` and a newline.
+    line: Bytes,
+}
+
+impl WatchEvent {
+    fn new(rv: u64, plural: &str, namespace: &str, type_: &str, object: &Value) -> WatchEvent {
+        WatchEvent {
+            rv,
+            plural: plural.into(),
+            namespace: namespace.into(),
+            labels: object["metadata"]["labels"].clone(),
+            line: Bytes::from(format!("{}\n", json!({"type": type_, "object": object}))),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -87,17 +126,127 @@ struct State {
     owners: HashMap<Key, BTreeMap<String, String>>,
     /// What each manager applied last: object -> manager -> leaf paths.
     applied: HashMap<Key, HashMap<String, BTreeSet<String>>>,
-    log: Vec<WatchEvent>,
-    /// Every request: (method, path and query).
-    requests: Vec<(String, String)>,
+    /// Every change, in resourceVersion order (never trimmed).
+    log: Vec<Arc<WatchEvent>>,
+    /// Requests by kind: "GET chatchannels", "PATCH chatchannels/status",
+    /// "WATCH pods", ...
+    requests: BTreeMap<String, u64>,
+}
+
+/// Counters of the HTTP side.
+#[derive(Default)]
+struct Traffic {
+    /// Connections accepted, and open right now.
+    accepted: AtomicU64,
+    open: AtomicU64,
+    /// Most connections open at once.
+    peak_open: AtomicU64,
+    /// Time spent producing responses (watch streams count until their
+    /// headers and backlog are ready, not while they wait).
+    busy_nanos: AtomicU64,
+}
+
+/// What the server has seen so far.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Stats {
+    /// Requests by kind ("PATCH chatchannels/status", "WATCH pods", ...).
+    pub requests: BTreeMap<String, u64>,
+    pub connections_accepted: u64,
+    pub connections_open: u64,
+    pub connections_peak: u64,
+    /// Time spent handling requests.
+    pub busy: Duration,
+}
+
+impl Stats {
+    /// Requests of every kind.
+    pub fn total_requests(&self) -> u64 {
+        self.requests.values().sum()
+    }
+    /// Requests whose kind starts with `prefix` ("PATCH chatchannels").
+    pub fn requests_matching(&self, prefix: &str) -> u64 {
+        self.requests.iter().filter(|(k, _)| k.starts_with(prefix)).map(|(_, v)| v).sum()
+    }
 }
 
 /// Handle on a running fake API server.
 #[derive(Clone)]
 pub struct FakeApi {
     state: Arc<Mutex<State>>,
-    events: broadcast::Sender<WatchEvent>,
+    /// The newest resourceVersion in the log; watch streams wait on it.
+    changed: watch::Sender<u64>,
+    traffic: Arc<Traffic>,
     pub addr: SocketAddr,
+}
+
+/// A TCP listener that counts connections.
+struct CountingListener {
+    inner: TcpListener,
+    traffic: Arc<Traffic>,
+}
+
+/// An accepted connection; dropping it updates the open count.
+struct CountedStream {
+    inner: TcpStream,
+    traffic: Arc<Traffic>,
+}
+
+impl Drop for CountedStream {
+    fn drop(&mut self) {
+        self.traffic.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl AsyncRead for CountedStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for CountedStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl axum::serve::Listener for CountingListener {
+    type Io = CountedStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (CountedStream, SocketAddr) {
+        loop {
+            match self.inner.accept().await {
+                Ok((stream, addr)) => {
+                    let _ = stream.set_nodelay(true);
+                    let t = &self.traffic;
+                    t.accepted.fetch_add(1, Ordering::Relaxed);
+                    let open = t.open.fetch_add(1, Ordering::Relaxed) + 1;
+                    t.peak_open.fetch_max(open, Ordering::Relaxed);
+                    return (CountedStream { inner: stream, traffic: t.clone() }, addr);
+                }
+                // Out of file descriptors and the like: wait, like axum does.
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
 }
 
 fn status_error(code: StatusCode, reason: &str, message: String) -> Response {
@@ -153,8 +302,11 @@ fn identity_path(p: &str) -> bool {
 }
 
 fn matches_selector(obj: &Value, selector: Option<&str>) -> bool {
+    labels_match(&obj["metadata"]["labels"], selector)
+}
+
+fn labels_match(labels: &Value, selector: Option<&str>) -> bool {
     let Some(sel) = selector.filter(|s| !s.is_empty()) else { return true };
-    let labels = &obj["metadata"]["labels"];
     sel.split(',').all(|term| match term.split_once('=') {
         Some((k, v)) => labels[k.trim_end_matches('!')].as_str() == Some(v.trim_start_matches('=')),
         None => labels.get(term).is_some(),
@@ -213,6 +365,37 @@ struct Target {
     status: bool,
 }
 
+impl Target {
+    /// The target of an in-process call.
+    fn of(plural: &str, namespace: &str, name: Option<&str>) -> Result<Target, String> {
+        let prefix = match plural {
+            "chatchannels" => "chat.shardchat.io/v1alpha1",
+            "pods" => "v1",
+            "leases" => "coordination.k8s.io/v1",
+            "events" => "events.k8s.io/v1",
+            other => return Err(format!("unsupported resource {other}")),
+        };
+        let kind = kind_of(prefix, plural).expect("known kind");
+        Ok(Target {
+            kind,
+            plural: plural.into(),
+            namespace: namespace.into(),
+            name: name.map(str::to_string),
+            status: false,
+        })
+    }
+}
+
+/// The JSON body of a response made by this module (in-process calls).
+fn response_json(r: Response) -> Result<Value, String> {
+    let status = r.status();
+    let body = futures_util::FutureExt::now_or_never(axum::body::to_bytes(r.into_body(), usize::MAX))
+        .expect("in-process responses have a ready body")
+        .map_err(|e| e.to_string())?;
+    let v: Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+    if status.is_success() { Ok(v) } else { Err(format!("{status}: {}", v["message"])) }
+}
+
 fn parse_path(path: &str) -> Option<Target> {
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     let (prefix, rest) = match parts.as_slice() {
@@ -242,16 +425,24 @@ fn parse_path(path: &str) -> Option<Target> {
 impl FakeApi {
     /// Starts the server on a free loopback port.
     pub async fn start() -> FakeApi {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let (events, _) = broadcast::channel(4096);
-        let api = FakeApi { state: Arc::new(Mutex::new(State::default())), events, addr };
+        let (changed, _) = watch::channel(0);
+        let traffic = Arc::new(Traffic::default());
+        let api = FakeApi { state: Arc::new(Mutex::new(State::default())), changed, traffic, addr };
         let handler_api = api.clone();
         let app =
             axum::Router::new().fallback(move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
                 let api = handler_api.clone();
-                async move { api.handle(method, uri, headers, body).await }
+                async move {
+                    let started = Instant::now();
+                    let response = api.handle(method, uri, headers, body).await;
+                    let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                    api.traffic.busy_nanos.fetch_add(nanos, Ordering::Relaxed);
+                    response
+                }
             });
+        let listener = CountingListener { inner: listener, traffic: api.traffic.clone() };
         tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
         });
@@ -260,15 +451,46 @@ impl FakeApi {
 
     /// A kube client for this server.
     pub fn client(&self, namespace: &str) -> kube::Client {
+        kube::Client::try_from(self.config(namespace)).unwrap()
+    }
+
+    /// The kube client configuration for this server.
+    pub fn config(&self, namespace: &str) -> kube::Config {
         let mut config = kube::Config::new(format!("http://{}", self.addr).parse().unwrap());
         config.default_namespace = namespace.to_string();
         config.read_timeout = Some(Duration::from_secs(300));
-        kube::Client::try_from(config).unwrap()
+        config
     }
 
-    /// Every request so far as (method, path?query).
-    pub fn requests(&self) -> Vec<(String, String)> {
-        self.state.lock().unwrap().requests.clone()
+    /// A kubeconfig file body pointing at this server (for operator
+    /// processes: `KUBECONFIG=<file>`).
+    pub fn kubeconfig(&self, namespace: &str) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
+             clusters:\n- name: fake\n  cluster:\n    server: http://{}\n\
+             users:\n- name: fake\n  user: {{}}\n\
+             contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: {namespace}\n",
+            self.addr
+        )
+    }
+
+    /// Requests and connections so far.
+    pub fn stats(&self) -> Stats {
+        let requests = self.state.lock().unwrap().requests.clone();
+        let t = &self.traffic;
+        Stats {
+            requests,
+            connections_accepted: t.accepted.load(Ordering::Relaxed),
+            connections_open: t.open.load(Ordering::Relaxed),
+            connections_peak: t.peak_open.load(Ordering::Relaxed),
+            busy: Duration::from_nanos(t.busy_nanos.load(Ordering::Relaxed)),
+        }
+    }
+
+    /// Restarts the "most connections open at once" count from now.
+    pub fn reset_peak_connections(&self) {
+        let open = self.traffic.open.load(Ordering::Relaxed);
+        self.traffic.peak_open.store(open, Ordering::Relaxed);
     }
 
     /// Current object, if any (test inspection without HTTP).
@@ -279,24 +501,63 @@ impl FakeApi {
     /// All objects of one kind in a namespace.
     pub fn objects(&self, plural: &str, namespace: &str) -> Vec<Value> {
         let st = self.state.lock().unwrap();
-        st.objects
-            .iter()
-            .filter(|((p, ns, _), _)| p == plural && ns == namespace)
-            .map(|(_, v)| v.clone())
-            .collect()
+        of_kind(&st.objects, plural, namespace).map(|(_, v)| v.clone()).collect()
+    }
+
+    /// Visits every object of one kind in a namespace without copying it.
+    pub fn for_each(&self, plural: &str, namespace: &str, mut f: impl FnMut(&Value)) {
+        let st = self.state.lock().unwrap();
+        of_kind(&st.objects, plural, namespace).for_each(|(_, v)| f(v));
+    }
+
+    /// Creates an object without HTTP (what `kubectl create` would do, not
+    /// counted as a request). `plural` is one of the supported resources.
+    pub fn create_object(&self, plural: &str, namespace: &str, obj: Value) -> Result<Value, String> {
+        let t = Target::of(plural, namespace, None)?;
+        response_json(self.create(&t, obj, Some("kubectl".into())))
+    }
+
+    /// Deletes an object without HTTP (finalizers honoured).
+    pub fn delete_object(&self, plural: &str, namespace: &str, name: &str) -> Result<Value, String> {
+        let t = Target::of(plural, namespace, Some(name))?;
+        response_json(self.delete(&t, name))
+    }
+
+    /// Patches an object (or with `status`, its status subresource) without
+    /// HTTP, as a JSON merge patch from field manager `kubectl`.
+    pub fn merge_patch_object(
+        &self,
+        plural: &str,
+        namespace: &str,
+        name: &str,
+        status: bool,
+        patch: &Value,
+    ) -> Result<Value, String> {
+        let mut t = Target::of(plural, namespace, Some(name))?;
+        t.status = status;
+        let q = HashMap::from([("fieldManager".to_string(), "kubectl".to_string())]);
+        let body = patch.to_string();
+        response_json(self.patch(&t, name, "application/merge-patch+json", body.as_bytes(), &q))
+    }
+
+    fn count(&self, method: &Method, t: &Target, watch: bool) {
+        let verb = if watch { "WATCH" } else { method.as_str() };
+        let sub = if t.status { "/status" } else { "" };
+        let key = format!("{verb} {}{sub}", t.plural);
+        *self.state.lock().unwrap().requests.entry(key).or_default() += 1;
     }
 
     async fn handle(&self, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
-        self.state.lock().unwrap().requests.push((method.to_string(), uri.to_string()));
         let Some(target) = parse_path(uri.path()) else {
+            *self.state.lock().unwrap().requests.entry(format!("{method} (unknown)")).or_default() += 1;
             return status_error(StatusCode::NOT_FOUND, "NotFound", format!("no route for {}", uri.path()));
         };
         let q = query_map(&uri);
+        let is_watch = q.get("watch").is_some_and(|w| w == "true" || w == "1");
+        self.count(&method, &target, is_watch && method == Method::GET);
         let ctype = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
         match (method, &target.name) {
-            (Method::GET, None) if q.get("watch").is_some_and(|w| w == "true" || w == "1") => {
-                self.watch(&target, &q)
-            }
+            (Method::GET, None) if is_watch => self.watch(&target, &q),
             (Method::GET, None) => self.list(&target, &q),
             (Method::GET, Some(name)) => match self.object(&target.plural, &target.namespace, name) {
                 Some(o) => ok_json(StatusCode::OK, &o),
@@ -316,15 +577,9 @@ impl FakeApi {
 
     fn list(&self, t: &Target, q: &HashMap<String, String>) -> Response {
         let st = self.state.lock().unwrap();
-        let items: Vec<Value> = st
-            .objects
-            .iter()
-            .filter(|((p, ns, _), o)| {
-                *p == t.plural
-                    && *ns == t.namespace
-                    && matches_selector(o, q.get("labelSelector").map(String::as_str))
-            })
-            .map(|(_, o)| o.clone())
+        let items: Vec<&Value> = of_kind(&st.objects, &t.plural, &t.namespace)
+            .filter(|(_, o)| matches_selector(o, q.get("labelSelector").map(String::as_str)))
+            .map(|(_, o)| o)
             .collect();
         let list = json!({
             "apiVersion": t.kind.api_version,
@@ -339,48 +594,52 @@ impl FakeApi {
         let selector = q.get("labelSelector").cloned();
         let timeout = q.get("timeoutSeconds").and_then(|s| s.parse().ok()).unwrap_or(290u64);
         let since: Option<u64> = q.get("resourceVersion").and_then(|s| s.parse().ok()).filter(|rv| *rv > 0);
-        let (backlog, mut rx) = {
-            let st = self.state.lock().unwrap();
-            let rx = self.events.subscribe();
-            let backlog: Vec<WatchEvent> = match since {
-                Some(rv) => st.log.iter().filter(|e| e.rv > rv).cloned().collect(),
-                None => st
-                    .objects
-                    .iter()
-                    .map(|((p, ns, _), o)| WatchEvent {
-                        rv: st.rv,
-                        plural: p.clone(),
-                        namespace: ns.clone(),
-                        type_: "ADDED",
-                        object: o.clone(),
-                    })
-                    .collect(),
-            };
-            (backlog, rx)
-        };
         let plural = t.plural.clone();
         let namespace = t.namespace.clone();
         let wanted = move |e: &WatchEvent| {
-            e.plural == plural && e.namespace == namespace && matches_selector(&e.object, selector.as_deref())
+            e.plural == plural && e.namespace == namespace && labels_match(&e.labels, selector.as_deref())
         };
-        let line =
-            |e: &WatchEvent| Bytes::from(format!("{}\n", json!({"type": e.type_, "object": e.object})));
-        let first: Vec<Result<Bytes, Infallible>> =
-            backlog.iter().filter(|e| wanted(e)).map(|e| Ok(line(e))).collect();
-        let last_sent = backlog.iter().map(|e| e.rv).max().unwrap_or(0);
+        // Subscribe first: a change made between here and the snapshot below
+        // wakes the stream, which then skips what the snapshot already had.
+        let mut changed = self.changed.subscribe();
+        let (first, mut last_sent) = {
+            let st = self.state.lock().unwrap();
+            match since {
+                Some(rv) => {
+                    let from = st.log.partition_point(|e| e.rv <= rv);
+                    let lines: Vec<Result<Bytes, Infallible>> =
+                        st.log[from..].iter().filter(|e| wanted(e)).map(|e| Ok(e.line.clone())).collect();
+                    (lines, st.rv)
+                }
+                None => {
+                    let lines = of_kind(&st.objects, &t.plural, &t.namespace)
+                        .map(|((p, ns, _), o)| WatchEvent::new(st.rv, p, ns, "ADDED", o))
+                        .filter(|e| wanted(e))
+                        .map(|e| Ok(e.line))
+                        .collect();
+                    (lines, st.rv)
+                }
+            }
+        };
+        let state = self.state.clone();
         let live = async_stream_lines(move |tx| async move {
             let deadline = tokio::time::sleep(Duration::from_secs(timeout));
             tokio::pin!(deadline);
             loop {
                 tokio::select! {
                     _ = &mut deadline => return,
-                    ev = rx.recv() => match ev {
-                        Ok(e) if e.rv > last_sent && wanted(&e) => {
-                            if tx.send(Ok(line(&e))).await.is_err() { return; }
-                        }
-                        Ok(_) => {}
-                        Err(broadcast::error::RecvError::Lagged(_)) => return,
-                        Err(broadcast::error::RecvError::Closed) => return,
+                    r = changed.changed() => if r.is_err() { return },
+                }
+                let lines: Vec<Bytes> = {
+                    let st = state.lock().unwrap();
+                    let from = st.log.partition_point(|e| e.rv <= last_sent);
+                    let lines = st.log[from..].iter().filter(|e| wanted(e)).map(|e| e.line.clone()).collect();
+                    last_sent = st.rv;
+                    lines
+                };
+                for line in lines {
+                    if tx.send(Ok(line)).await.is_err() {
+                        return;
                     }
                 }
             }
@@ -394,9 +653,8 @@ impl FakeApi {
     }
 
     fn emit(&self, st: &mut State, plural: &str, namespace: &str, type_: &'static str, object: Value) {
-        let ev = WatchEvent { rv: st.rv, plural: plural.into(), namespace: namespace.into(), type_, object };
-        st.log.push(ev.clone());
-        let _ = self.events.send(ev);
+        st.log.push(Arc::new(WatchEvent::new(st.rv, plural, namespace, type_, &object)));
+        self.changed.send_replace(st.rv);
     }
 
     fn bump(st: &mut State, obj: &mut Value) {

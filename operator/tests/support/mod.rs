@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod fake_api;
+pub mod process;
 pub mod redis;
 
 use std::future::Future;
@@ -59,8 +60,8 @@ pub struct OperatorSetup<'a> {
     pub requeue: Duration,
 }
 
-/// Runs the operator (1 s ring debounce, 4 s lease) until the returned
-/// sender fires or is dropped.
+/// Runs the operator (1 s ring debounce, 4 s lease, member counts every
+/// second) until the returned sender fires or is dropped.
 pub fn start_operator(
     client: kube::Client,
     setup: OperatorSetup<'_>,
@@ -69,6 +70,7 @@ pub fn start_operator(
     args.redis_prefix = setup.prefix.into();
     args.namespace = Some(setup.namespace.into());
     args.ring_debounce = Duration::from_secs(1);
+    args.members_refresh = Duration::from_secs(1);
     args.requeue = setup.requeue;
     args.lease_duration = Duration::from_secs(4);
     args.lease_grace = Duration::from_secs(1);
