@@ -100,6 +100,26 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     pub flooders: usize,
 
+    /// Reconnect a connection that is lost during the run (node killed,
+    /// restarted, network cut): try the next node URL, with backoff from
+    /// 50 ms to 1 s, and re-join with `since` = the last message id
+    /// received. Missing messages inside a window that the server declared
+    /// unprovable (`recovered: false` on that join, or a `gap` push) are
+    /// reported as `excused`, not lost; every other accepted message must
+    /// still arrive exactly once, in order. Publishes lost with their
+    /// connection are `interrupted` (outcome unknown) unless retried.
+    #[arg(long)]
+    pub reconnect: bool,
+
+    /// Give every publish a nonce and send it again (same nonce) after an
+    /// `unavailable` or `timeout` reply or when its connection was lost
+    /// before the reply, until the publish window plus half the drain has
+    /// passed. The server must answer a retry of a stored publish with the
+    /// first id (`duplicate: true`); a publish stored twice shows up as a
+    /// duplicate delivery.
+    #[arg(long)]
+    pub retry_publishes: bool,
+
     /// Print one JSON object instead of the table (schema: see --help).
     #[arg(long)]
     pub json: bool,

@@ -5,7 +5,7 @@
 //! [`Conn`] holds the per-connection state and classifies frames (no I/O,
 //! unit-tested); [`run_connection`] drives the socket.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +23,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use crate::latency::ShardedHistogram;
 use crate::meta::BenchMeta;
 use crate::plan::Plan;
-use crate::tracker::{MemberLog, Origin, PublishOutcome, PublisherLog};
+use crate::tracker::{Excuses, MemberLog, Origin, PublishOutcome, PublisherLog};
 
 /// Request id of the join; publishes use their sequence number.
 const JOIN_ID: &str = "join";
@@ -32,6 +32,15 @@ pub const ABNORMAL: &str = "1006";
 /// Close-code key for a connection whose publish could not be written
 /// before the end of the run (the server stopped reading).
 pub const STALLED: &str = "stalled";
+/// Error codes after which a publish may be sent again with its nonce:
+/// `unavailable` (not stored) and `timeout` (outcome unknown; the nonce
+/// makes the retry safe).
+const RETRYABLE: [&str; 2] = ["unavailable", "timeout"];
+/// Wait before re-sending a publish that got a retryable error.
+const RETRY_DELAY: Duration = Duration::from_millis(100);
+/// Reconnect backoff: first wait, and the cap it doubles up to.
+const RECONNECT_FIRST: Duration = Duration::from_millis(50);
+const RECONNECT_MAX: Duration = Duration::from_secs(1);
 
 /// Everything the connection tasks share.
 pub struct Shared {
@@ -50,6 +59,11 @@ pub struct Shared {
     pub connect_interval: Option<Duration>,
     pub connect_timeout: Duration,
     pub text: String,
+    /// `--reconnect`: a lost connection reconnects and re-joins with `since`.
+    pub reconnect: bool,
+    /// `--retry-publishes`: publishes carry a nonce and are sent again after
+    /// `unavailable`/`timeout` or a lost connection.
+    pub retry: bool,
 }
 
 /// When the run's phases end, fixed once every connection is set up.
@@ -90,6 +104,20 @@ pub struct ConnOutcome {
     /// publish without a message id.
     pub protocol_violations: u64,
     pub last_delivery: Option<Instant>,
+    pub recovery: Recovery,
+}
+
+/// What a connection went through to stay a member (`--reconnect`).
+#[derive(Debug, Clone, Default)]
+pub struct Recovery {
+    /// Successful reconnects (each followed by a re-join with `since`).
+    pub reconnects: u64,
+    /// Re-joins whose reply said `recovered: false`.
+    pub recovered_false: u64,
+    /// `gap` pushes for the channel.
+    pub gaps: u64,
+    /// The windows those two signals declared.
+    pub excuses: Excuses,
 }
 
 /// Join status while setting up.
@@ -113,6 +141,24 @@ pub struct Conn {
     presence: u64,
     protocol_violations: u64,
     last_delivery: Option<Instant>,
+    recovery: Recovery,
+    /// Publishes sent on the current connection and not yet answered, with
+    /// the `t` stamp of their first send.
+    inflight: BTreeMap<u64, u64>,
+    /// Publishes to send again (with their nonce).
+    retry_queue: VecDeque<Pending>,
+    /// Retries are allowed until then (set with the timeline).
+    retry_until: Option<Instant>,
+}
+
+/// A publish waiting to be sent again.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    /// Not before then.
+    due: Instant,
+    seq: u64,
+    /// The `t` stamp of its first send (latency counts from there).
+    t_ns: u64,
 }
 
 /// Whether to keep reading after a frame.
@@ -128,7 +174,9 @@ impl Conn {
         let channel_idx = plan.channel_of(index);
         let channel = shared.channel_names[channel_idx].clone();
         let member = MemberLog::new(plan.publishers_per_channel, plan.max_seq());
-        let publisher = plan.publisher_slot(index).map(|_| PublisherLog::new());
+        let publisher = plan
+            .publisher_slot(index)
+            .map(|_| if shared.reconnect { PublisherLog::with_ids() } else { PublisherLog::new() });
         Self {
             index,
             channel_idx,
@@ -140,6 +188,10 @@ impl Conn {
             presence: 0,
             protocol_violations: 0,
             last_delivery: None,
+            recovery: Recovery::default(),
+            inflight: BTreeMap::new(),
+            retry_queue: VecDeque::new(),
+            retry_until: None,
             shared,
         }
     }
@@ -165,11 +217,17 @@ impl Conn {
     fn on_text(&mut self, text: &str, now: Instant) {
         match serde_json::from_str::<ServerFrame>(text) {
             Ok(ServerFrame::Message(m)) => self.on_chat_message(m, now),
-            Ok(ServerFrame::Reply(r)) => self.on_reply(r),
+            Ok(ServerFrame::Reply(r)) => self.on_reply(r, now),
             Ok(ServerFrame::Presence(_)) => self.presence += 1,
             Ok(ServerFrame::Error { error }) => self.count_error(error.code.as_str()),
             Ok(ServerFrame::Closed { .. }) => self.count_error("channel_closed"),
-            Ok(ServerFrame::Gap { .. }) => self.count_error("gap"),
+            Ok(ServerFrame::Gap { channel, .. }) => {
+                self.count_error("gap");
+                if channel == self.channel {
+                    self.recovery.gaps += 1;
+                    self.recovery.excuses.open(self.member.highest());
+                }
+            }
             Ok(ServerFrame::Dm(_) | ServerFrame::DmGap { .. }) => {}
             Err(_) => self.protocol_violations += 1,
         }
@@ -190,6 +248,7 @@ impl Conn {
             Some(Origin { slot, seq: s.seq })
         });
         let verdict = self.member.record(m.id, origin);
+        self.recovery.excuses.delivered(m.id);
         if let Some(s) = stamp
             && verdict.is_first_delivery()
         {
@@ -200,17 +259,20 @@ impl Conn {
         self.last_delivery = Some(now);
     }
 
-    fn on_reply(&mut self, r: Reply) {
+    fn on_reply(&mut self, r: Reply, now: Instant) {
+        let code = r.error.as_ref().map_or("unknown", |e| e.code.as_str()).to_string();
         if !r.ok {
-            let code = r.error.as_ref().map_or("unknown", |e| e.code.as_str());
-            self.count_error(code);
+            self.count_error(&code);
         }
         match &r.id {
             Value::String(s) if s == JOIN_ID => {
                 self.join = if r.ok {
+                    if r.recovered == Some(false) {
+                        self.recovery.recovered_false += 1;
+                        self.recovery.excuses.open(self.member.highest());
+                    }
                     Join::Done
                 } else {
-                    let code = r.error.as_ref().map_or("unknown", |e| e.code.as_str());
                     Join::Failed(format!("join: {code}"))
                 };
             }
@@ -219,37 +281,93 @@ impl Conn {
                     self.protocol_violations += 1;
                     return;
                 };
-                let outcome = match (r.ok, r.message_id) {
-                    (true, Some(_)) => PublishOutcome::Accepted,
+                let first_sent = self.inflight.remove(&seq);
+                let retry_allowed = self.shared.retry && self.retry_until.is_some_and(|until| now < until);
+                match (r.ok, r.message_id) {
+                    (true, Some(id)) => {
+                        p.accepted_as(seq, id, r.duplicate == Some(true));
+                    }
                     (true, None) => {
                         self.protocol_violations += 1;
-                        PublishOutcome::Rejected
+                        p.answered(seq, PublishOutcome::Rejected);
                     }
-                    (false, _) => PublishOutcome::Rejected,
-                };
-                p.answered(seq, outcome);
+                    (false, _)
+                        if retry_allowed && RETRYABLE.contains(&code.as_str()) && !p.is_settled(seq) =>
+                    {
+                        let t_ns = first_sent.unwrap_or_else(|| self.stamp(now));
+                        self.retry_queue.push_back(Pending { due: now + RETRY_DELAY, seq, t_ns });
+                    }
+                    (false, _) => {
+                        p.answered(seq, PublishOutcome::Rejected);
+                    }
+                }
             }
             _ => self.protocol_violations += 1,
         }
     }
 
+    /// The connection was lost: its unanswered publishes are sent again
+    /// after the reconnect (`--retry-publishes`) or counted as interrupted.
+    fn on_connection_lost(&mut self, now: Instant) {
+        let inflight = std::mem::take(&mut self.inflight);
+        let retry_allowed = self.shared.retry && self.retry_until.is_some_and(|until| now < until);
+        for (seq, t_ns) in inflight {
+            if retry_allowed {
+                self.retry_queue.push_back(Pending { due: now, seq, t_ns });
+            } else if let Some(p) = self.publisher.as_mut() {
+                p.interrupted(seq);
+            }
+        }
+    }
+
+    /// Nanoseconds since the bench's epoch (the `t` stamp).
+    fn stamp(&self, now: Instant) -> u64 {
+        u64::try_from(now.duration_since(self.shared.epoch).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// The frame for publish `seq`, marked as sent on the current connection.
+    fn send_publish(&mut self, seq: u64, t_ns: u64) -> String {
+        self.inflight.insert(seq, t_ns);
+        if let Some(p) = self.publisher.as_mut() {
+            p.sent(seq);
+        }
+        self.publish_frame(seq, t_ns)
+    }
+
     fn publish_frame(&self, seq: u64, t_ns: u64) -> String {
         let meta = BenchMeta { publisher: self.index as u64, seq, t_ns };
-        json!({
+        let mut frame = json!({
             "op": "publish",
             "id": seq,
             "channel": self.channel,
             "text": self.shared.text,
             "meta": meta.to_value(),
-        })
-        .to_string()
+        });
+        if self.shared.retry {
+            // Scoped by the server to (channel, sender): the seq is unique there.
+            frame["nonce"] = Value::String(format!("s{seq}"));
+        }
+        frame.to_string()
     }
 
     fn join_frame(&self) -> String {
-        json!({"op": "join", "id": JOIN_ID, "channel": self.channel}).to_string()
+        match self.member.highest() {
+            Some(since) => json!({"op": "join", "id": JOIN_ID, "channel": self.channel, "since": since}),
+            None => json!({"op": "join", "id": JOIN_ID, "channel": self.channel}),
+        }
+        .to_string()
     }
 
-    fn finish(self, stage: Stage, closed_early: Option<String>, not_sent: u64) -> ConnOutcome {
+    fn finish(mut self, stage: Stage, closed_early: Option<String>, not_sent: u64) -> ConnOutcome {
+        // Retries still pending at the end got an error reply and no
+        // further chance: they count as rejected.
+        if let Some(p) = self.publisher.as_mut() {
+            for pending in self.retry_queue.drain(..) {
+                if !p.is_settled(pending.seq) {
+                    p.answered(pending.seq, PublishOutcome::Rejected);
+                }
+            }
+        }
         ConnOutcome {
             index: self.index,
             channel: self.channel_idx,
@@ -262,6 +380,7 @@ impl Conn {
             presence: self.presence,
             protocol_violations: self.protocol_violations,
             last_delivery: self.last_delivery,
+            recovery: self.recovery,
         }
     }
 }
@@ -292,6 +411,79 @@ fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(365 * 86_400)
 }
 
+/// Why a connection could not be (re)established.
+enum SetupError {
+    Connect(String),
+    Join(String),
+}
+
+/// Connects to endpoint `node` and joins the channel (with `since` when the
+/// connection has received messages before), reading pushes meanwhile.
+async fn connect_and_join(conn: &mut Conn, node: usize, deadline: Instant) -> Result<Ws, SetupError> {
+    let url = conn.shared.plan.url_at(node, conn.index, conn.shared.token.is_none());
+    let mut ws = match timeout_at(deadline, connect(&conn.shared, &url)).await {
+        Ok(Ok(ws)) => ws,
+        Ok(Err(reason)) => return Err(SetupError::Connect(reason)),
+        Err(_) => return Err(SetupError::Connect("connect timeout".into())),
+    };
+    conn.join = Join::Pending;
+    let mut error = match timeout_at(deadline, ws.send(Message::text(conn.join_frame()))).await {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(format!("closed during join ({})", connect_error(&e))),
+        Err(_) => Some("join timeout".into()),
+    };
+    while error.is_none() && conn.join == Join::Pending {
+        match timeout_at(deadline, ws.next()).await {
+            Err(_) => error = Some("join timeout".into()),
+            Ok(None) => error = Some(format!("closed during join ({ABNORMAL})")),
+            Ok(Some(Err(e))) => error = Some(format!("closed during join ({})", connect_error(&e))),
+            Ok(Some(Ok(msg))) => {
+                if let Flow::Closed(code) = conn.on_ws_message(msg, Instant::now()) {
+                    error = Some(format!("closed during join ({code})"));
+                }
+            }
+        }
+    }
+    if let Join::Failed(reason) = &conn.join {
+        error = Some(reason.clone());
+    }
+    match error {
+        None => Ok(ws),
+        Some(reason) => {
+            let _ = timeout(Duration::from_secs(1), ws.close(None)).await;
+            Err(SetupError::Join(reason))
+        }
+    }
+}
+
+/// `--reconnect`: tries the next endpoints in turn, with backoff, until a
+/// connection joins or the run ends (`None`).
+async fn reconnect(conn: &mut Conn, node: &mut usize, end: Instant) -> Option<Ws> {
+    let endpoints = conn.shared.plan.endpoints.len();
+    let mut wait = RECONNECT_FIRST;
+    loop {
+        if Instant::now() + wait >= end {
+            return None;
+        }
+        tokio::time::sleep(wait).await;
+        *node = (*node + 1) % endpoints;
+        let deadline = (Instant::now() + conn.shared.connect_timeout).min(end);
+        match connect_and_join(conn, *node, deadline).await {
+            Ok(ws) => return Some(ws),
+            Err(SetupError::Connect(_) | SetupError::Join(_)) => wait = (wait * 2).min(RECONNECT_MAX),
+        }
+    }
+}
+
+/// Writes one frame; the error is the close-code key for the connection.
+async fn send_frame(ws: &mut Ws, frame: String, deadline: Instant) -> Result<(), &'static str> {
+    match timeout_at(deadline, ws.send(Message::text(frame))).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(ABNORMAL),
+        Err(_) => Err(STALLED),
+    }
+}
+
 /// Runs connection `index` until the end of the run.
 pub async fn run_connection(
     shared: Arc<Shared>,
@@ -301,101 +493,77 @@ pub async fn run_connection(
 ) -> ConnOutcome {
     let plan_sends = shared.plan.sends_of(index);
     let mut conn = Conn::new(shared.clone(), index);
+    let mut node = shared.plan.node_of(index);
 
     // --- setup: connect and join, paced, at most `connect_concurrency` at a time
     if let Some(interval) = shared.connect_interval {
         sleep_until(shared.epoch + interval.mul_f64(index as f64)).await;
     }
     let permit = shared.setup_gate.acquire().await;
-    let mut ws = match connect(&shared, index).await {
-        Ok(ws) => ws,
-        Err(reason) => {
-            drop(permit);
-            let _ = setup_done.send(SetupEvent::Failed);
-            return conn.finish(Stage::ConnectFailed(reason), None, plan_sends);
-        }
-    };
-    let join_deadline = Instant::now() + shared.connect_timeout;
-    let mut setup_error = match timeout_at(join_deadline, ws.send(Message::text(conn.join_frame()))).await {
-        Ok(Ok(())) => None,
-        Ok(Err(e)) => Some(format!("closed during join ({})", connect_error(&e))),
-        Err(_) => Some("join timeout".into()),
-    };
-    while setup_error.is_none() && conn.join == Join::Pending {
-        match timeout_at(join_deadline, ws.next()).await {
-            Err(_) => setup_error = Some("join timeout".into()),
-            Ok(None) => setup_error = Some(format!("closed during join ({ABNORMAL})")),
-            Ok(Some(Err(e))) => setup_error = Some(format!("closed during join ({})", connect_error(&e))),
-            Ok(Some(Ok(msg))) => {
-                if let Flow::Closed(code) = conn.on_ws_message(msg, Instant::now()) {
-                    setup_error = Some(format!("closed during join ({code})"));
-                }
-            }
-        }
-    }
+    let first = connect_and_join(&mut conn, node, Instant::now() + shared.connect_timeout).await;
     drop(permit);
-    if let Join::Failed(reason) = &conn.join {
-        setup_error = Some(reason.clone());
-    }
-    if let Some(reason) = setup_error {
-        let _ = setup_done.send(SetupEvent::Failed);
-        let _ = timeout(Duration::from_secs(1), ws.close(None)).await;
-        return conn.finish(Stage::JoinFailed(reason), None, plan_sends);
-    }
+    let mut ws = match first {
+        Ok(ws) => ws,
+        Err(e) => {
+            let _ = setup_done.send(SetupEvent::Failed);
+            let stage = match e {
+                SetupError::Connect(reason) => Stage::ConnectFailed(reason),
+                SetupError::Join(reason) => Stage::JoinFailed(reason),
+            };
+            return conn.finish(stage, None, plan_sends);
+        }
+    };
     let _ = setup_done.send(SetupEvent::Joined);
 
     // --- run: read everything, publish on schedule, stop at the end
-    let mut timeline: Option<Timeline> = *start.borrow_and_update();
+    let mut timeline: Option<Timeline> = None;
     let mut next_seq: u64 = 0;
     let send_timer = sleep_until(far_future());
     let end_timer = sleep_until(far_future());
-    tokio::pin!(send_timer, end_timer);
+    let retry_timer = sleep_until(far_future());
+    tokio::pin!(send_timer, end_timer, retry_timer);
     let arm = |tl: &Timeline, seq: u64| tl.t0 + shared.plan.send_offset(index, seq);
-    if let Some(tl) = &timeline {
-        end_timer.as_mut().reset(tl.end);
-        if plan_sends > 0 {
-            send_timer.as_mut().reset(arm(tl, 0));
-        }
-    }
     let mut closed_early = None;
     loop {
+        if timeline.is_none()
+            && let Some(tl) = *start.borrow_and_update()
+        {
+            timeline = Some(tl);
+            conn.retry_until = Some(tl.t0 + shared.plan.duration + shared.plan.drain / 2);
+            end_timer.as_mut().reset(tl.end);
+            if plan_sends > 0 {
+                send_timer.as_mut().reset(arm(&tl, 0));
+            }
+        }
+        if let Some(p) = conn.retry_queue.front()
+            && retry_timer.deadline() != p.due
+        {
+            retry_timer.as_mut().reset(p.due);
+        }
         let sending = timeline.is_some() && next_seq < plan_sends;
-        tokio::select! {
+        let retrying = timeline.is_some() && !conn.retry_queue.is_empty();
+        // A server that stops reading must not hold the run past its end.
+        let write_deadline = timeline.map_or_else(far_future, |tl| tl.end);
+        let lost: Option<String> = tokio::select! {
             frame = ws.next() => {
-                let now = Instant::now();
                 match frame {
-                    Some(Ok(msg)) => {
-                        if let Flow::Closed(code) = conn.on_ws_message(msg, now) {
-                            closed_early = Some(code);
-                            break;
-                        }
-                    }
-                    Some(Err(_)) | None => {
-                        closed_early = Some(ABNORMAL.to_string());
-                        break;
-                    }
+                    Some(Ok(msg)) => match conn.on_ws_message(msg, Instant::now()) {
+                        Flow::Closed(code) => Some(code),
+                        Flow::Continue => None,
+                    },
+                    Some(Err(_)) | None => Some(ABNORMAL.to_string()),
                 }
             }
             changed = start.changed(), if timeline.is_none() => {
                 if changed.is_err() {
                     break; // the runner is gone
                 }
-                timeline = *start.borrow_and_update();
-                if let Some(tl) = &timeline {
-                    end_timer.as_mut().reset(tl.end);
-                    if plan_sends > 0 {
-                        send_timer.as_mut().reset(arm(tl, 0));
-                    }
-                }
+                None
             }
             () = &mut send_timer, if sending => {
                 let due = send_timer.deadline();
                 let now = Instant::now();
-                let t_ns = u64::try_from(now.duration_since(shared.epoch).as_nanos()).unwrap_or(u64::MAX);
-                let frame = conn.publish_frame(next_seq, t_ns);
-                if let Some(p) = conn.publisher.as_mut() {
-                    p.sent(next_seq);
-                }
+                let frame = conn.send_publish(next_seq, conn.stamp(now));
                 shared.send_lag.record(index, now.saturating_duration_since(due));
                 next_seq += 1;
                 if let Some(tl) = &timeline
@@ -403,21 +571,36 @@ pub async fn run_connection(
                 {
                     send_timer.as_mut().reset(arm(tl, next_seq));
                 }
-                // A server that stops reading must not hold the run past its end.
-                let deadline = timeline.map_or_else(far_future, |tl| tl.end);
-                match timeout_at(deadline, ws.send(Message::text(frame))).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) => {
-                        closed_early = Some(ABNORMAL.to_string());
-                        break;
+                send_frame(&mut ws, frame, write_deadline).await.err().map(str::to_string)
+            }
+            () = &mut retry_timer, if retrying => {
+                match conn.retry_queue.pop_front() {
+                    Some(p) if conn.publisher.as_ref().is_some_and(|log| !log.is_settled(p.seq)) => {
+                        let frame = conn.send_publish(p.seq, p.t_ns);
+                        send_frame(&mut ws, frame, write_deadline).await.err().map(str::to_string)
                     }
-                    Err(_) => {
-                        closed_early = Some(STALLED.to_string());
-                        break;
-                    }
+                    _ => None,
                 }
             }
             () = &mut end_timer, if timeline.is_some() => break,
+        };
+        let Some(code) = lost else { continue };
+        let now = Instant::now();
+        conn.on_connection_lost(now);
+        let end = timeline.map(|tl| tl.end);
+        let new_ws = match end {
+            Some(end) if shared.reconnect && now < end => reconnect(&mut conn, &mut node, end).await,
+            _ => None,
+        };
+        match new_ws {
+            Some(new_ws) => {
+                ws = new_ws;
+                conn.recovery.reconnects += 1;
+            }
+            None => {
+                closed_early = Some(code);
+                break;
+            }
         }
     }
     let not_sent = plan_sends.saturating_sub(next_seq);
@@ -437,9 +620,8 @@ pub async fn run_connection(
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn connect(shared: &Shared, index: usize) -> Result<Ws, String> {
-    let url = shared.plan.url_of(index, shared.token.is_none());
-    let mut request = url.as_str().into_client_request().map_err(|e| connect_error(&e))?;
+async fn connect(shared: &Shared, url: &str) -> Result<Ws, String> {
+    let mut request = url.into_client_request().map_err(|e| connect_error(&e))?;
     if let Some(token) = &shared.token {
         let value =
             HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| "invalid token".to_string())?;
@@ -475,6 +657,8 @@ mod tests {
             connect_interval: None,
             connect_timeout: Duration::from_secs(1),
             text: "x".into(),
+            reconnect: extra.contains(&"--reconnect"),
+            retry: extra.contains(&"--retry-publishes"),
         })
     }
 

@@ -38,6 +38,8 @@ fn main() -> ExitCode {
         allow_loss: args.allow_loss,
         quiet: args.quiet,
         flooders: args.flooders,
+        reconnect: args.reconnect,
+        retry_publishes: args.retry_publishes,
     };
     let summary = match runtime.block_on(run::run(plan, opts)) {
         Ok(s) => s,

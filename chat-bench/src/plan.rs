@@ -146,7 +146,13 @@ impl Plan {
     /// The URL connection `conn` opens; with `dev_user` it carries
     /// `user=bench-<conn>`.
     pub fn url_of(&self, conn: usize, dev_user: bool) -> String {
-        let base = &self.endpoints[self.node_of(conn)];
+        self.url_at(self.node_of(conn), conn, dev_user)
+    }
+
+    /// The URL connection `conn` opens on endpoint `node` (modulo the
+    /// number of endpoints; reconnects move on to the next one).
+    pub fn url_at(&self, node: usize, conn: usize, dev_user: bool) -> String {
+        let base = &self.endpoints[node % self.endpoints.len()];
         if !dev_user {
             return base.clone();
         }

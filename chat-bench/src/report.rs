@@ -79,15 +79,26 @@ pub fn table(s: &Summary) -> String {
     line(
         "sent",
         format!(
-            "{} accepted ({} msg/s) of {} planned; {} rejected, {} unanswered, {} not sent",
+            "{} accepted ({} msg/s) of {} planned; {} rejected, {} unanswered, {} interrupted, {} not sent",
             thousands(p.accepted),
             rate(p.per_sec),
             thousands(p.planned),
             thousands(p.rejected),
             thousands(p.unanswered),
+            thousands(p.interrupted),
             thousands(p.not_sent)
         ),
     );
+    if p.retries > 0 || p.deduplicated > 0 {
+        line(
+            "",
+            format!(
+                "{} retries, {} answered as duplicates of a stored publish",
+                thousands(p.retries),
+                thousands(p.deduplicated)
+            ),
+        );
+    }
     let d = &s.delivered;
     line(
         "delivered",
@@ -127,13 +138,26 @@ pub fn table(s: &Summary) -> String {
             .collect();
         line("  closed", ex.join(", "));
     }
+    let r = &s.recovery;
+    if r.reconnects + r.recovered_false + r.gaps > 0 {
+        line(
+            "recovery",
+            format!(
+                "{} reconnects, {} re-joins recovered:false, {} gap pushes",
+                thousands(r.reconnects),
+                thousands(r.recovered_false),
+                thousands(r.gaps)
+            ),
+        );
+    }
     let k = &s.correctness;
     line(
         "correctness",
         format!(
-            "lost {} ({} on closed connections), duplicated {}, out-of-order {}",
+            "lost {} ({} on closed connections), excused {}, duplicated {}, out-of-order {}",
             thousands(k.lost),
             thousands(k.lost_on_closed),
+            thousands(k.excused),
             thousands(k.duplicated),
             thousands(k.out_of_order)
         ),

@@ -27,6 +27,10 @@ pub struct Options {
     pub quiet: bool,
     /// Abusive flood connections (see `flood`).
     pub flooders: usize,
+    /// Reconnect lost connections and re-join with `since`.
+    pub reconnect: bool,
+    /// Nonces on publishes; re-send after `unavailable`/`timeout`/lost connection.
+    pub retry_publishes: bool,
 }
 
 fn progress(quiet: bool, msg: impl AsRef<str>) {
@@ -56,6 +60,8 @@ pub async fn run(plan: Plan, opts: Options) -> anyhow::Result<Summary> {
         setup_gate: Semaphore::new(opts.connect_concurrency),
         connect_interval: (opts.connect_rate > 0.0).then(|| Duration::from_secs_f64(1.0 / opts.connect_rate)),
         connect_timeout: opts.connect_timeout,
+        reconnect: opts.reconnect,
+        retry: opts.retry_publishes,
     });
     let plan = &shared.plan;
     progress(

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use crate::client::{ConnOutcome, Stage};
 use crate::latency::Percentiles;
 use crate::plan::Plan;
-use crate::tracker::{SeqSet, reconcile};
+use crate::tracker::{PublisherLog, reconcile};
 
 pub const JSON_SCHEMA_DOC: &str = "\
 JSON output (--json): one object, schema 1. Latencies in microseconds.
@@ -26,7 +26,11 @@ JSON output (--json): one object, schema 1. Latencies in microseconds.
                rate, duration_s, drain_s, message_bytes}
   setup       {connected, joined, seconds}
   sent        {planned, attempted, accepted, rejected, unanswered,
-               not_sent, per_sec}        per_sec = accepted / duration
+               interrupted, not_sent, retries, deduplicated, per_sec}
+               per_sec = accepted / duration; interrupted: sent, then the
+               connection was lost before the reply (outcome unknown, not
+               retried); retries: publishes sent again (--retry-publishes);
+               deduplicated: accepted replies with duplicate: true
   delivered   {count, unique, expected, per_sec, window_s, presence}
                count: every message push received; unique: first
                deliveries of accepted messages; expected: accepted
@@ -45,10 +49,17 @@ JSON output (--json): one object, schema 1. Latencies in microseconds.
                closed_early: closed before the end of the run; code 1006
                = no close frame (reset, EOF); 1005 = close without code;
                stalled = a publish could not be written before the end
-  correctness {lost, lost_on_closed, duplicated, out_of_order,
+  recovery    {reconnects, recovered_false, gaps}  (--reconnect)
+               reconnects: lost connections that reconnected and re-joined
+               with since; recovered_false: re-joins answered recovered:
+               false; gaps: gap pushes received
+  correctness {lost, lost_on_closed, excused, duplicated, out_of_order,
                unconfirmed, foreign, protocol_violations}
                lost: expected deliveries never received (lost_on_closed:
-               the part of it on connections closed early); duplicated:
+               the part of it on connections closed early); excused:
+               missing accepted messages inside a window the server
+               declared unprovable (recovered: false or a gap push; not a
+               failure, the client is told to reload); duplicated:
                a message received again on a connection; out_of_order: a
                first delivery whose id is not greater than the highest id
                already received on that connection; unconfirmed: bench
@@ -73,7 +84,15 @@ pub struct Summary {
     pub send_lag_us: Percentiles,
     pub errors: BTreeMap<String, u64>,
     pub connections: Connections,
+    pub recovery: RecoveryFigures,
     pub correctness: Correctness,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RecoveryFigures {
+    pub reconnects: u64,
+    pub recovered_false: u64,
+    pub gaps: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -102,7 +121,10 @@ pub struct Sent {
     pub accepted: u64,
     pub rejected: u64,
     pub unanswered: u64,
+    pub interrupted: u64,
     pub not_sent: u64,
+    pub retries: u64,
+    pub deduplicated: u64,
     pub per_sec: f64,
 }
 
@@ -142,6 +164,7 @@ pub struct ClosedExample {
 pub struct Correctness {
     pub lost: u64,
     pub lost_on_closed: u64,
+    pub excused: u64,
     pub duplicated: u64,
     pub out_of_order: u64,
     pub unconfirmed: u64,
@@ -174,8 +197,9 @@ pub fn summarize(plan: &Plan, outcomes: &[ConnOutcome], facts: &RunFacts) -> Sum
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
     let (mut connected, mut joined) = (0, 0);
 
-    // accepted[channel][slot]
-    let mut accepted: Vec<Vec<Option<&SeqSet>>> =
+    let mut recovery = RecoveryFigures::default();
+    // publishers[channel][slot]
+    let mut accepted: Vec<Vec<Option<&PublisherLog>>> =
         vec![vec![None; plan.publishers_per_channel]; plan.channels];
     for o in outcomes {
         match &o.stage {
@@ -215,11 +239,14 @@ pub fn summarize(plan: &Plan, outcomes: &[ConnOutcome], facts: &RunFacts) -> Sum
             sent.accepted += p.accepted().len();
             sent.rejected += p.rejected();
             sent.unanswered += p.unanswered();
+            sent.interrupted += p.interrupted_count();
+            sent.retries += p.retries;
+            sent.deduplicated += p.duplicates;
             correctness.protocol_violations += p.unexpected_replies;
             if let Some(slot) = plan.publisher_slot(o.index)
                 && let Some(cell) = accepted.get_mut(o.channel).and_then(|c| c.get_mut(slot))
             {
-                *cell = Some(p.accepted());
+                *cell = Some(p);
             }
         }
     }
@@ -228,10 +255,14 @@ pub fn summarize(plan: &Plan, outcomes: &[ConnOutcome], facts: &RunFacts) -> Sum
     let mut last_delivery: Option<Instant> = None;
     for o in outcomes.iter().filter(|o| o.stage == Stage::Joined) {
         let Some(acc) = accepted.get(o.channel) else { continue };
-        let r = reconcile(acc, &o.member);
-        let expected: u64 = acc.iter().flatten().map(|s| s.len()).sum();
+        let r = reconcile(acc, &o.member, &o.recovery.excuses);
+        let expected: u64 = acc.iter().flatten().map(|p| p.accepted().len()).sum();
         delivered.expected += expected;
         correctness.lost += r.lost;
+        correctness.excused += r.excused;
+        recovery.reconnects += o.recovery.reconnects;
+        recovery.recovered_false += o.recovery.recovered_false;
+        recovery.gaps += o.recovery.gaps;
         if o.closed_early.is_some() {
             correctness.lost_on_closed += r.lost;
         }
@@ -244,7 +275,7 @@ pub fn summarize(plan: &Plan, outcomes: &[ConnOutcome], facts: &RunFacts) -> Sum
         correctness.foreign += c.foreign;
         last_delivery = last_delivery.max(o.last_delivery);
     }
-    delivered.unique = delivered.expected - correctness.lost;
+    delivered.unique = delivered.expected - correctness.lost - correctness.excused;
 
     let duration = plan.duration.as_secs_f64();
     let window = match (facts.t0, last_delivery) {
@@ -301,6 +332,7 @@ pub fn summarize(plan: &Plan, outcomes: &[ConnOutcome], facts: &RunFacts) -> Sum
         send_lag_us: facts.send_lag,
         errors,
         connections: conns,
+        recovery,
         correctness,
     }
 }
@@ -333,6 +365,7 @@ mod tests {
             presence: 0,
             protocol_violations: 0,
             last_delivery: None,
+            recovery: Default::default(),
         }
     }
 
@@ -483,6 +516,7 @@ mod tests {
             "send_lag_us",
             "errors",
             "connections",
+            "recovery",
             "correctness",
         ] {
             assert!(keys.contains(&k.to_string()), "{k}");
@@ -490,7 +524,18 @@ mod tests {
         for (section, fields) in [
             (
                 "sent",
-                &["planned", "attempted", "accepted", "rejected", "unanswered", "not_sent", "per_sec"][..],
+                &[
+                    "planned",
+                    "attempted",
+                    "accepted",
+                    "rejected",
+                    "unanswered",
+                    "interrupted",
+                    "not_sent",
+                    "retries",
+                    "deduplicated",
+                    "per_sec",
+                ][..],
             ),
             ("delivered", &["count", "unique", "expected", "per_sec", "window_s", "presence"][..]),
             ("latency_us", &["samples", "p50", "p90", "p99", "p999", "max", "mean"][..]),
@@ -499,6 +544,7 @@ mod tests {
                 &[
                     "lost",
                     "lost_on_closed",
+                    "excused",
                     "duplicated",
                     "out_of_order",
                     "unconfirmed",
@@ -506,6 +552,7 @@ mod tests {
                     "protocol_violations",
                 ][..],
             ),
+            ("recovery", &["reconnects", "recovered_false", "gaps"][..]),
             (
                 "connections",
                 &[

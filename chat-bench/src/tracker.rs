@@ -23,6 +23,11 @@
 //! * **foreign**: a delivery without a usable bench origin (no/garbled meta,
 //!   or a publisher that is not one of this channel's); it is still checked
 //!   for order.
+//! * **excused**: with `--reconnect`, an accepted message the member never
+//!   received whose id falls inside a window the server itself declared
+//!   unprovable (a `recovered: false` join reply or a `gap` push; see
+//!   [`Excuses`]). Not a failure: the protocol tells the client to reload.
+//!   Any other missing message is lost.
 
 use shardchat_common::MessageId;
 
@@ -76,6 +81,21 @@ impl SeqSet {
                 u64::from((w & !o).count_ones())
             })
             .sum()
+    }
+
+    /// Elements of `self` that are not in `other`, ascending.
+    pub fn missing_from<'a>(&'a self, other: &'a SeqSet) -> impl Iterator<Item = u64> + 'a {
+        self.words.iter().enumerate().flat_map(move |(i, w)| {
+            let mut bits = w & !other.words.get(i).copied().unwrap_or(0);
+            std::iter::from_fn(move || {
+                if bits == 0 {
+                    return None;
+                }
+                let b = u64::from(bits.trailing_zeros());
+                bits &= bits - 1;
+                Some(i as u64 * 64 + b)
+            })
+        })
     }
 
     fn locate(seq: u64) -> (usize, u32) {
@@ -181,9 +201,54 @@ impl MemberLog {
         self.counts
     }
 
+    /// The highest message id delivered so far (what a re-join passes as `since`).
+    pub fn highest(&self) -> Option<MessageId> {
+        self.highest
+    }
+
     /// The set of sequence numbers received from publisher `slot`.
     pub fn seen(&self, slot: usize) -> Option<&SeqSet> {
         self.seen.get(slot)
+    }
+}
+
+/// Windows of one member's stream that the server declared it could not
+/// prove complete: from the highest id delivered when the signal came (a
+/// join reply with `recovered: false`, or a `gap` push) to the first id
+/// delivered after it. A missing accepted message whose id lies strictly
+/// inside such a window is excused, not lost.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Excuses {
+    closed: Vec<(Option<MessageId>, MessageId)>,
+    /// An open window (signal seen, nothing delivered since): its lower end.
+    open: Option<Option<MessageId>>,
+}
+
+impl Excuses {
+    /// The server signalled a possible gap after `highest` (the member's
+    /// highest delivered id at that moment).
+    pub fn open(&mut self, highest: Option<MessageId>) {
+        if self.open.is_none() {
+            self.open = Some(highest);
+        }
+    }
+
+    /// A message `id` was delivered: closes an open window.
+    pub fn delivered(&mut self, id: MessageId) {
+        if let Some(low) = self.open.take() {
+            self.closed.push((low, id));
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.closed.is_empty() && self.open.is_none()
+    }
+
+    /// Whether a missing message with this id is excused.
+    pub fn covers(&self, id: MessageId) -> bool {
+        let above = |low: &Option<MessageId>| low.is_none_or(|l| id > l);
+        self.closed.iter().any(|(low, high)| above(low) && id < *high)
+            || self.open.as_ref().is_some_and(above)
     }
 }
 
@@ -193,6 +258,17 @@ pub struct PublisherLog {
     sent: SeqSet,
     accepted: SeqSet,
     rejected: SeqSet,
+    /// Sent, but the connection was lost before the reply and the publish
+    /// was not retried: its outcome is unknown, and not the server's fault.
+    interrupted: SeqSet,
+    /// Message id of every accepted publish, kept only when the run needs
+    /// it (`--reconnect`: to place a missing message against [`Excuses`]).
+    ids: Option<std::collections::HashMap<u64, MessageId>>,
+    /// Accepted publishes whose reply said `duplicate: true` (a retry that
+    /// the server recognised by its nonce).
+    pub duplicates: u64,
+    /// Publishes sent again (same nonce) after an error reply or a lost connection.
+    pub retries: u64,
     /// Replies for a seq that was never sent or was already answered.
     pub unexpected_replies: u64,
 }
@@ -209,15 +285,59 @@ impl PublisherLog {
         Self::default()
     }
 
+    /// Also remembers the message id of every accepted publish.
+    pub fn with_ids() -> Self {
+        Self { ids: Some(Default::default()), ..Self::default() }
+    }
+
+    /// Records a send; a second send of the same seq counts as a retry.
     pub fn sent(&mut self, seq: u64) {
-        self.sent.insert(seq);
+        if !self.sent.insert(seq) {
+            self.retries += 1;
+        }
+    }
+
+    /// Whether `seq` already has its final answer.
+    pub fn is_settled(&self, seq: u64) -> bool {
+        self.accepted.contains(seq) || self.rejected.contains(seq)
+    }
+
+    /// Records an accepted publish with the id the server gave it.
+    pub fn accepted_as(&mut self, seq: u64, id: MessageId, duplicate: bool) -> bool {
+        if !self.answered(seq, PublishOutcome::Accepted) {
+            return false;
+        }
+        if duplicate {
+            self.duplicates += 1;
+        }
+        if let Some(ids) = self.ids.as_mut() {
+            ids.insert(seq, id);
+        }
+        true
+    }
+
+    /// The id an accepted publish got (only with [`PublisherLog::with_ids`]).
+    pub fn id_of(&self, seq: u64) -> Option<MessageId> {
+        self.ids.as_ref()?.get(&seq).copied()
+    }
+
+    /// The connection carrying `seq` was lost before its reply and it will
+    /// not be sent again.
+    pub fn interrupted(&mut self, seq: u64) {
+        if self.sent.contains(seq) && !self.is_settled(seq) {
+            self.interrupted.insert(seq);
+        }
+    }
+
+    /// Sent, lost with its connection, never answered.
+    pub fn interrupted_count(&self) -> u64 {
+        self.interrupted.len()
     }
 
     /// Records the reply to publish `seq`. Returns `false` (and counts it)
     /// when that publish was never sent or already had its reply.
     pub fn answered(&mut self, seq: u64, outcome: PublishOutcome) -> bool {
-        let already = self.accepted.contains(seq) || self.rejected.contains(seq);
-        if !self.sent.contains(seq) || already {
+        if !self.sent.contains(seq) || self.is_settled(seq) {
             self.unexpected_replies += 1;
             return false;
         }
@@ -244,9 +364,9 @@ impl PublisherLog {
         self.rejected.len()
     }
 
-    /// Sent but never answered.
+    /// Sent but never answered (on a connection that stayed up).
     pub fn unanswered(&self) -> u64 {
-        self.sent.len().saturating_sub(self.accepted.len() + self.rejected.len())
+        self.sent.len().saturating_sub(self.accepted.len() + self.rejected.len() + self.interrupted.len())
     }
 }
 
@@ -255,21 +375,36 @@ impl PublisherLog {
 pub struct Reconciled {
     /// Accepted messages this member never received.
     pub lost: u64,
+    /// Missing messages inside a window the server declared (see [`Excuses`]).
+    pub excused: u64,
     /// Bench messages received whose publish was not accepted.
     pub unconfirmed: u64,
 }
 
 /// Compares what `member` received with what the server accepted from each
-/// publisher slot of its channel (`accepted[slot]`; `None` when that
-/// publisher never connected, so nothing of it can be expected).
-pub fn reconcile(accepted: &[Option<&SeqSet>], member: &MemberLog) -> Reconciled {
+/// publisher slot of its channel (`publishers[slot]`; `None` when that
+/// publisher never connected, so nothing of it can be expected). Missing
+/// messages inside `excuses` count as excused when their id is known.
+pub fn reconcile(publishers: &[Option<&PublisherLog>], member: &MemberLog, excuses: &Excuses) -> Reconciled {
     let empty = SeqSet::new();
     let mut out = Reconciled::default();
-    let slots = accepted.len().max(member.seen.len());
+    let slots = publishers.len().max(member.seen.len());
     for slot in 0..slots {
-        let acc = accepted.get(slot).copied().flatten().unwrap_or(&empty);
+        let publisher = publishers.get(slot).copied().flatten();
+        let acc = publisher.map_or(&empty, |p| &p.accepted);
         let seen = member.seen.get(slot).unwrap_or(&empty);
-        out.lost += acc.count_missing_from(seen);
+        if excuses.is_empty() {
+            out.lost += acc.count_missing_from(seen);
+        } else {
+            for seq in acc.missing_from(seen) {
+                let id = publisher.and_then(|p| p.id_of(seq));
+                if id.is_some_and(|id| excuses.covers(id)) {
+                    out.excused += 1;
+                } else {
+                    out.lost += 1;
+                }
+            }
+        }
         out.unconfirmed += seen.count_missing_from(acc);
     }
     out
@@ -287,12 +422,26 @@ mod tests {
         Some(Origin { slot, seq })
     }
 
-    fn accepted(seqs: impl IntoIterator<Item = u64>) -> SeqSet {
+    fn seqs(seqs: impl IntoIterator<Item = u64>) -> SeqSet {
         let mut s = SeqSet::new();
         for q in seqs {
             s.insert(q);
         }
         s
+    }
+
+    /// A publisher whose publishes `seqs` were accepted, publish k as id (k+1)-0.
+    fn accepted(seqs: impl IntoIterator<Item = u64>) -> PublisherLog {
+        let mut p = PublisherLog::with_ids();
+        for q in seqs {
+            p.sent(q);
+            assert!(p.accepted_as(q, id(q + 1, 0), false));
+        }
+        p
+    }
+
+    fn rec(publishers: &[Option<&PublisherLog>], m: &MemberLog) -> Reconciled {
+        reconcile(publishers, m, &Excuses::default())
     }
 
     #[test]
@@ -306,7 +455,7 @@ mod tests {
         assert!(!s.insert(64), "second insert reports presence");
         assert_eq!(s.len(), 4);
         assert!(s.contains(1000) && s.contains(0) && !s.contains(1) && !s.contains(99_999));
-        let other = accepted([0, 64, 5]);
+        let other = seqs([0, 64, 5]);
         assert_eq!(s.count_missing_from(&other), 2); // 63, 1000
         assert_eq!(other.count_missing_from(&s), 1); // 5
         assert_eq!(SeqSet::new().count_missing_from(&s), 0);
@@ -319,7 +468,7 @@ mod tests {
         assert_eq!(m.record(id(1, 1), o(1, 0)), Verdict::InOrder);
         assert_eq!(m.record(id(2, 0), o(0, 1)), Verdict::InOrder);
         assert_eq!(m.counts(), MemberCounts { delivered: 3, ..Default::default() });
-        let r = reconcile(&[Some(&accepted([0, 1])), Some(&accepted([0]))], &m);
+        let r = rec(&[Some(&accepted([0, 1])), Some(&accepted([0]))], &m);
         assert_eq!(r, Reconciled::default());
     }
 
@@ -329,12 +478,12 @@ mod tests {
         m.record(id(1, 0), o(0, 0));
         // seq 1 never arrives
         m.record(id(3, 0), o(0, 2));
-        let r = reconcile(&[Some(&accepted([0, 1, 2]))], &m);
+        let r = rec(&[Some(&accepted([0, 1, 2]))], &m);
         assert_eq!(r.lost, 1);
         assert_eq!(r.unconfirmed, 0);
         // nothing at all received: everything accepted is lost
         let empty = MemberLog::new(1, 10);
-        assert_eq!(reconcile(&[Some(&accepted([0, 1, 2]))], &empty).lost, 3);
+        assert_eq!(rec(&[Some(&accepted([0, 1, 2]))], &empty).lost, 3);
     }
 
     #[test]
@@ -342,7 +491,7 @@ mod tests {
         // Same seq from two publishers are different messages.
         let mut m = MemberLog::new(2, 10);
         m.record(id(1, 0), o(0, 0));
-        let r = reconcile(&[Some(&accepted([0])), Some(&accepted([0]))], &m);
+        let r = rec(&[Some(&accepted([0])), Some(&accepted([0]))], &m);
         assert_eq!(r.lost, 1);
     }
 
@@ -355,7 +504,7 @@ mod tests {
         let c = m.counts();
         assert_eq!((c.delivered, c.duplicated, c.out_of_order), (3, 1, 0), "a dup is not also out of order");
         // A duplicate does not hide a loss and is not a loss itself.
-        let r = reconcile(&[Some(&accepted([0, 1]))], &m);
+        let r = rec(&[Some(&accepted([0, 1]))], &m);
         assert_eq!(r, Reconciled::default());
     }
 
@@ -376,7 +525,7 @@ mod tests {
         assert_eq!(m.record(id(4, 0), o(0, 3)), Verdict::InOrder);
         assert_eq!(m.counts().out_of_order, 1);
         // Everything did arrive, so nothing is lost.
-        assert_eq!(reconcile(&[Some(&accepted([0, 1, 2, 3]))], &m).lost, 0);
+        assert_eq!(rec(&[Some(&accepted([0, 1, 2, 3]))], &m).lost, 0);
     }
 
     #[test]
@@ -414,11 +563,11 @@ mod tests {
         let mut m = MemberLog::new(1, 10);
         m.record(id(1, 0), o(0, 0));
         m.record(id(2, 0), o(0, 1)); // rejected or unanswered publish
-        let r = reconcile(&[Some(&accepted([0]))], &m);
-        assert_eq!(r, Reconciled { lost: 0, unconfirmed: 1 });
+        let r = rec(&[Some(&accepted([0]))], &m);
+        assert_eq!(r, Reconciled { lost: 0, excused: 0, unconfirmed: 1 });
         // A publisher that never connected: nothing expected from it.
-        let r = reconcile(&[None], &m);
-        assert_eq!(r, Reconciled { lost: 0, unconfirmed: 2 });
+        let r = rec(&[None], &m);
+        assert_eq!(r, Reconciled { lost: 0, excused: 0, unconfirmed: 2 });
     }
 
     #[test]
@@ -452,5 +601,80 @@ mod tests {
         assert_eq!(p.rejected(), 1);
         assert_eq!(p.unanswered(), 1);
         assert_eq!(p.unexpected_replies, 3);
+    }
+
+    #[test]
+    fn missing_from_lists_the_difference_in_order() {
+        let a = seqs([0, 3, 63, 64, 200]);
+        let b = seqs([3, 64]);
+        assert_eq!(a.missing_from(&b).collect::<Vec<_>>(), [0, 63, 200]);
+        assert_eq!(b.missing_from(&a).count(), 0);
+        assert_eq!(a.missing_from(&SeqSet::new()).count() as u64, a.len());
+    }
+
+    #[test]
+    fn excuses_cover_only_the_declared_window() {
+        let mut e = Excuses::default();
+        assert!(e.is_empty() && !e.covers(id(5, 0)));
+        e.open(Some(id(3, 0))); // gap signalled after 3-0 ...
+        e.open(Some(id(4, 0))); // (a second signal keeps the earlier lower end)
+        assert!(e.covers(id(9, 0)), "an open window reaches to the end");
+        e.delivered(id(7, 0)); // ... closed by the next delivery
+        assert!(!e.covers(id(3, 0)) && e.covers(id(4, 0)) && e.covers(id(6, 9)) && !e.covers(id(7, 0)));
+        assert!(!e.covers(id(8, 0)));
+        e.delivered(id(8, 0)); // no window open: nothing changes
+        assert!(!e.covers(id(7, 5)));
+        let mut from_start = Excuses::default();
+        from_start.open(None);
+        from_start.delivered(id(2, 0));
+        assert!(from_start.covers(id(1, 0)) && !from_start.covers(id(2, 0)));
+    }
+
+    #[test]
+    fn missing_messages_inside_a_window_are_excused_outside_lost() {
+        // Accepted 0..6 as ids 1-0..6-0; the member got 1-0, then a gap
+        // signal, then 5-0, 6-0. 2-0..4-0 are excused; if 6-0 were missing
+        // it would be lost.
+        let p = accepted(0..6);
+        let mut m = MemberLog::new(1, 10);
+        let mut e = Excuses::default();
+        m.record(id(1, 0), o(0, 0));
+        e.open(m.highest());
+        for q in [4, 5] {
+            m.record(id(q + 1, 0), o(0, q));
+            e.delivered(id(q + 1, 0));
+        }
+        let r = reconcile(&[Some(&p)], &m, &e);
+        assert_eq!(r, Reconciled { lost: 0, excused: 3, unconfirmed: 0 });
+        let mut m2 = MemberLog::new(1, 10);
+        m2.record(id(1, 0), o(0, 0));
+        m2.record(id(5, 0), o(0, 4));
+        let r = reconcile(&[Some(&p)], &m2, &e);
+        assert_eq!((r.lost, r.excused), (1, 3), "6-0 is past the window: lost");
+        // Without ids (no --reconnect) nothing can be placed in a window.
+        let mut plain = PublisherLog::new();
+        plain.sent(1);
+        plain.answered(1, PublishOutcome::Accepted);
+        let r = reconcile(&[Some(&plain)], &MemberLog::new(1, 10), &e);
+        assert_eq!((r.lost, r.excused), (1, 0));
+    }
+
+    #[test]
+    fn retries_duplicates_and_interruptions() {
+        let mut p = PublisherLog::with_ids();
+        p.sent(0);
+        p.sent(0); // retried
+        assert!(p.accepted_as(0, id(1, 0), true));
+        assert_eq!((p.retries, p.duplicates), (1, 1));
+        assert_eq!(p.id_of(0), Some(id(1, 0)));
+        p.sent(1);
+        p.interrupted(1);
+        p.interrupted(0); // settled: not interrupted
+        p.interrupted(7); // never sent
+        assert_eq!(p.interrupted_count(), 1);
+        assert_eq!(p.unanswered(), 0);
+        p.sent(2);
+        assert_eq!(p.unanswered(), 1);
+        assert!(p.is_settled(0) && !p.is_settled(2));
     }
 }
