@@ -171,6 +171,23 @@ pub fn table(s: &Summary) -> String {
             thousands(k.protocol_violations)
         ),
     );
+    for e in &s.lost_examples {
+        line(
+            "  lost",
+            format!(
+                "conn {} (channel {}, node {}, {} reconnects, highest {}): {} lost, first: publisher {} seq {} id {}",
+                e.conn,
+                e.channel,
+                e.node,
+                e.reconnects,
+                e.highest.as_deref().unwrap_or("-"),
+                e.lost,
+                e.first_lost.publisher,
+                e.first_lost.seq,
+                e.first_lost.id.as_deref().unwrap_or("?")
+            ),
+        );
+    }
     let verdict = if s.passed { "PASS".to_string() } else { format!("FAIL: {}", s.failures.join("; ")) };
     line("result", verdict);
     t

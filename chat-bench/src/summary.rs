@@ -66,6 +66,11 @@ JSON output (--json): one object, schema 1. Latencies in microseconds.
                messages received whose publish was not accepted; foreign:
                messages without a bench stamp of the channel's publishers;
                protocol_violations: frames that break protocol v1
+  lost_examples [{conn, channel, node, lost, reconnects, highest,
+               first_lost: {publisher, seq, id}}]  (<= 10) members that
+               lost messages: where they were connected (node = URL index
+               of the first connection), the highest id they received and
+               the earliest message they lost (id known with --reconnect)
 Fails (exit 1) on lost > 0, sent.unanswered > 0, connection failures
 (these three waived by --allow-loss), duplicated > 0, out_of_order > 0,
 protocol_violations > 0, or no accepted publish.";
@@ -86,6 +91,29 @@ pub struct Summary {
     pub connections: Connections,
     pub recovery: RecoveryFigures,
     pub correctness: Correctness,
+    pub lost_examples: Vec<LostExample>,
+}
+
+/// Upper bound of `lost_examples`.
+pub const LOST_EXAMPLES: usize = 10;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LostExample {
+    pub conn: usize,
+    pub channel: usize,
+    pub node: usize,
+    pub lost: u64,
+    pub reconnects: u64,
+    pub highest: Option<String>,
+    pub first_lost: FirstLost,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FirstLost {
+    /// Connection index of the publisher.
+    pub publisher: usize,
+    pub seq: u64,
+    pub id: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -252,6 +280,7 @@ pub fn summarize(plan: &Plan, outcomes: &[ConnOutcome], facts: &RunFacts) -> Sum
     }
 
     let mut delivered = Delivered::default();
+    let mut lost_examples = Vec::new();
     let mut last_delivery: Option<Instant> = None;
     for o in outcomes.iter().filter(|o| o.stage == Stage::Joined) {
         let Some(acc) = accepted.get(o.channel) else { continue };
@@ -260,6 +289,24 @@ pub fn summarize(plan: &Plan, outcomes: &[ConnOutcome], facts: &RunFacts) -> Sum
         delivered.expected += expected;
         correctness.lost += r.lost;
         correctness.excused += r.excused;
+        if r.lost > 0
+            && lost_examples.len() < LOST_EXAMPLES
+            && let Some((slot, seq, id)) = r.first_lost
+        {
+            lost_examples.push(LostExample {
+                conn: o.index,
+                channel: o.channel,
+                node: plan.node_of(o.index),
+                lost: r.lost,
+                reconnects: o.recovery.reconnects,
+                highest: o.member.highest().map(|h| h.to_string()),
+                first_lost: FirstLost {
+                    publisher: slot * plan.channels + o.channel,
+                    seq,
+                    id: id.map(|i| i.to_string()),
+                },
+            });
+        }
         recovery.reconnects += o.recovery.reconnects;
         recovery.recovered_false += o.recovery.recovered_false;
         recovery.gaps += o.recovery.gaps;
@@ -334,6 +381,7 @@ pub fn summarize(plan: &Plan, outcomes: &[ConnOutcome], facts: &RunFacts) -> Sum
         connections: conns,
         recovery,
         correctness,
+        lost_examples,
     }
 }
 

@@ -377,6 +377,8 @@ pub struct Reconciled {
     pub lost: u64,
     /// Missing messages inside a window the server declared (see [`Excuses`]).
     pub excused: u64,
+    /// The lowest (slot, seq) lost, and its id when known, for diagnosis.
+    pub first_lost: Option<(usize, u64, Option<MessageId>)>,
     /// Bench messages received whose publish was not accepted.
     pub unconfirmed: u64,
 }
@@ -393,15 +395,18 @@ pub fn reconcile(publishers: &[Option<&PublisherLog>], member: &MemberLog, excus
         let publisher = publishers.get(slot).copied().flatten();
         let acc = publisher.map_or(&empty, |p| &p.accepted);
         let seen = member.seen.get(slot).unwrap_or(&empty);
-        if excuses.is_empty() {
-            out.lost += acc.count_missing_from(seen);
-        } else {
-            for seq in acc.missing_from(seen) {
-                let id = publisher.and_then(|p| p.id_of(seq));
-                if id.is_some_and(|id| excuses.covers(id)) {
-                    out.excused += 1;
-                } else {
-                    out.lost += 1;
+        for seq in acc.missing_from(seen) {
+            let id = publisher.and_then(|p| p.id_of(seq));
+            if id.is_some_and(|id| excuses.covers(id)) {
+                out.excused += 1;
+            } else {
+                out.lost += 1;
+                let lower = match out.first_lost {
+                    None => true,
+                    Some((_, _, known)) => matches!((id, known), (Some(a), Some(b)) if a < b),
+                };
+                if lower {
+                    out.first_lost = Some((slot, seq, id));
                 }
             }
         }
@@ -564,10 +569,10 @@ mod tests {
         m.record(id(1, 0), o(0, 0));
         m.record(id(2, 0), o(0, 1)); // rejected or unanswered publish
         let r = rec(&[Some(&accepted([0]))], &m);
-        assert_eq!(r, Reconciled { lost: 0, excused: 0, unconfirmed: 1 });
+        assert_eq!(r, Reconciled { lost: 0, excused: 0, unconfirmed: 1, first_lost: None });
         // A publisher that never connected: nothing expected from it.
         let r = rec(&[None], &m);
-        assert_eq!(r, Reconciled { lost: 0, excused: 0, unconfirmed: 2 });
+        assert_eq!(r, Reconciled { lost: 0, excused: 0, unconfirmed: 2, first_lost: None });
     }
 
     #[test]
@@ -645,7 +650,7 @@ mod tests {
             e.delivered(id(q + 1, 0));
         }
         let r = reconcile(&[Some(&p)], &m, &e);
-        assert_eq!(r, Reconciled { lost: 0, excused: 3, unconfirmed: 0 });
+        assert_eq!(r, Reconciled { lost: 0, excused: 3, unconfirmed: 0, first_lost: None });
         let mut m2 = MemberLog::new(1, 10);
         m2.record(id(1, 0), o(0, 0));
         m2.record(id(5, 0), o(0, 4));

@@ -230,6 +230,7 @@ impl Node {
                         file_channels,
                         node_ttl: config.node_ttl.max(Duration::from_millis(500)),
                         forget_nodes_after: config.forget_nodes_after,
+                        resyncing: tokio::sync::Mutex::new(()),
                     })
                     .spawn();
                     (router, history, dms)

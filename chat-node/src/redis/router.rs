@@ -322,21 +322,22 @@ impl Router {
         }
     }
 
-    /// Re-sends this edge's memberships (after Redis lost them).
-    pub async fn reregister(&self, memberships: Vec<(ChannelName, Vec<String>)>) {
-        let calls: Vec<_> = memberships
-            .into_iter()
-            .flat_map(|(channel, users)| users.into_iter().map(move |u| (channel.clone(), u)))
-            .map(|(channel, user)| {
-                let call = self.join(&channel, &user);
-                async move {
-                    if let Err(e) = call.await {
-                        tracing::warn!(%channel, %user, error = %e, "re-registering a membership failed");
+    /// Re-sends this edge's memberships of `channel` (after Redis lost
+    /// them); returns the users whose registration failed.
+    pub async fn reregister(&self, channel: &ChannelName, users: Vec<String>) -> Vec<String> {
+        let calls = users.into_iter().map(|user| {
+            let call = self.join(channel, &user);
+            async move {
+                match call.await {
+                    Ok(_) => None,
+                    Err(e) => {
+                        tracing::debug!(%channel, %user, error = %e, "re-registering a membership failed");
+                        Some(user)
                     }
                 }
-            })
-            .collect();
-        futures_util::future::join_all(calls).await;
+            }
+        });
+        futures_util::future::join_all(calls).await.into_iter().flatten().collect()
     }
 }
 

@@ -62,6 +62,8 @@ pub struct Upkeep {
     /// A node that left the ring keeps its inbox this long after its last
     /// heartbeat (`--forget-nodes-after`).
     pub forget_nodes_after: Duration,
+    /// Held while a resynchronisation runs.
+    pub resyncing: tokio::sync::Mutex<()>,
 }
 
 impl Upkeep {
@@ -119,7 +121,7 @@ impl Upkeep {
                         if let Err(e) = inbox::ensure_group(&self.redis, &self.node_id).await {
                             tracing::warn!(error = %e, "creating the inbox consumer group failed");
                         }
-                        self.resync(last_intact_ms).await;
+                        tokio::spawn(self.clone().resync(last_intact_ms));
                     }
                     last_intact_ms = now_ms();
                     self.problem("redis", None);
@@ -179,28 +181,53 @@ impl Upkeep {
     /// gap is read from history, exactly as a join with `since` does. When
     /// the history cannot vouch for completeness (Redis lost it, or the read
     /// failed), subscribers get a `gap` push first.
-    async fn resync(&self, since_ms: u64) {
+    ///
+    /// Channels are handled concurrently, each on its own: a registration
+    /// that fails (Redis or the owner not back yet) is retried with backoff
+    /// until it succeeds, and only then is the history read — a message
+    /// stored before the registration landed is in that read, one stored
+    /// after it is fanned out to this node. Runs beside the heartbeat (never
+    /// holding it up); resyncs never overlap.
+    async fn resync(self: Arc<Self>, since_ms: u64) {
+        let _one_at_a_time = self.resyncing.lock().await;
         let channels = self.hub.channels();
         for c in &channels {
             self.hub.pause(c);
         }
-        let memberships = channels.iter().map(|c| (c.clone(), self.hub.local_users(c))).collect();
-        self.router.reregister(memberships).await;
         self.dms.reregister(&self.mailboxes.users()).await;
         self.mailboxes.gap_all("Redis lost data; direct messages sent meanwhile may be missing");
         let since = MessageId::new(since_ms.saturating_sub(self.node_ttl.as_millis() as u64), 0);
-        for channel in &channels {
-            match self.history.after(channel, since).await {
-                Ok(recovery) if recovery.complete => self.hub.resume(channel, &recovery.messages, None),
-                Ok(recovery) => self.hub.resume(
-                    channel,
-                    &recovery.messages,
-                    Some("Redis lost data; messages sent meanwhile may be missing"),
-                ),
-                Err(e) => {
-                    tracing::warn!(%channel, error = %e, "reading history while resynchronising failed");
-                    self.hub.resume(channel, &[], Some("history could not be read after Redis restarted"));
-                }
+        let each = channels.iter().map(|channel| self.resync_channel(channel, since));
+        futures_util::future::join_all(each).await;
+        tracing::info!(channels = channels.len(), "resynchronised after Redis lost this node's state");
+    }
+
+    async fn resync_channel(&self, channel: &ChannelName, since: MessageId) {
+        let mut users = self.hub.local_users(channel);
+        let mut wait = Duration::from_millis(100);
+        loop {
+            users = self.router.reregister(channel, users).await;
+            if users.is_empty() {
+                break;
+            }
+            tracing::warn!(%channel, failed = users.len(), "re-registering memberships failed; retrying");
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(2));
+            // Users who left meanwhile need no registration.
+            let still: std::collections::HashSet<String> =
+                self.hub.local_users(channel).into_iter().collect();
+            users.retain(|u| still.contains(u));
+        }
+        match self.history.after(channel, since).await {
+            Ok(recovery) if recovery.complete => self.hub.resume(channel, &recovery.messages, None),
+            Ok(recovery) => self.hub.resume(
+                channel,
+                &recovery.messages,
+                Some("Redis lost data; messages sent meanwhile may be missing"),
+            ),
+            Err(e) => {
+                tracing::warn!(%channel, error = %e, "reading history while resynchronising failed");
+                self.hub.resume(channel, &[], Some("history could not be read after Redis restarted"));
             }
         }
     }
