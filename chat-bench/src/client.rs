@@ -277,12 +277,12 @@ impl Conn {
                 };
             }
             Value::Number(n) => {
+                let retry_allowed = self.may_retry(now);
                 let (Some(seq), Some(p)) = (n.as_u64(), self.publisher.as_mut()) else {
                     self.protocol_violations += 1;
                     return;
                 };
                 let first_sent = self.inflight.remove(&seq);
-                let retry_allowed = self.shared.retry && self.retry_until.is_some_and(|until| now < until);
                 match (r.ok, r.message_id) {
                     (true, Some(id)) => {
                         p.accepted_as(seq, id, r.duplicate == Some(true));
@@ -310,7 +310,7 @@ impl Conn {
     /// after the reconnect (`--retry-publishes`) or counted as interrupted.
     fn on_connection_lost(&mut self, now: Instant) {
         let inflight = std::mem::take(&mut self.inflight);
-        let retry_allowed = self.shared.retry && self.retry_until.is_some_and(|until| now < until);
+        let retry_allowed = self.may_retry(now);
         for (seq, t_ns) in inflight {
             if retry_allowed {
                 self.retry_queue.push_back(Pending { due: now, seq, t_ns });
@@ -318,6 +318,12 @@ impl Conn {
                 p.interrupted(seq);
             }
         }
+    }
+
+    /// Whether a publish may still be sent again (`--retry-publishes`, and
+    /// not past the retry window).
+    fn may_retry(&self, now: Instant) -> bool {
+        self.shared.retry && self.retry_until.is_some_and(|until| now < until)
     }
 
     /// Nanoseconds since the bench's epoch (the `t` stamp).
@@ -419,13 +425,16 @@ enum SetupError {
 
 /// Connects to endpoint `node` and joins the channel (with `since` when the
 /// connection has received messages before), reading pushes meanwhile.
-async fn connect_and_join(conn: &mut Conn, node: usize, deadline: Instant) -> Result<Ws, SetupError> {
+/// The handshake and the join reply each get `--connect-timeout`, neither
+/// beyond `limit`.
+async fn connect_and_join(conn: &mut Conn, node: usize, limit: Instant) -> Result<Ws, SetupError> {
     let url = conn.shared.plan.url_at(node, conn.index, conn.shared.token.is_none());
-    let mut ws = match timeout_at(deadline, connect(&conn.shared, &url)).await {
+    let mut ws = match timeout_at(limit, connect(&conn.shared, &url)).await {
         Ok(Ok(ws)) => ws,
         Ok(Err(reason)) => return Err(SetupError::Connect(reason)),
         Err(_) => return Err(SetupError::Connect("connect timeout".into())),
     };
+    let deadline = (Instant::now() + conn.shared.connect_timeout).min(limit);
     conn.join = Join::Pending;
     let mut error = match timeout_at(deadline, ws.send(Message::text(conn.join_frame()))).await {
         Ok(Ok(())) => None,
@@ -467,10 +476,9 @@ async fn reconnect(conn: &mut Conn, node: &mut usize, end: Instant) -> Option<Ws
         }
         tokio::time::sleep(wait).await;
         *node = (*node + 1) % endpoints;
-        let deadline = (Instant::now() + conn.shared.connect_timeout).min(end);
-        match connect_and_join(conn, *node, deadline).await {
+        match connect_and_join(conn, *node, end).await {
             Ok(ws) => return Some(ws),
-            Err(SetupError::Connect(_) | SetupError::Join(_)) => wait = (wait * 2).min(RECONNECT_MAX),
+            Err(_) => wait = (wait * 2).min(RECONNECT_MAX),
         }
     }
 }
@@ -500,7 +508,7 @@ pub async fn run_connection(
         sleep_until(shared.epoch + interval.mul_f64(index as f64)).await;
     }
     let permit = shared.setup_gate.acquire().await;
-    let first = connect_and_join(&mut conn, node, Instant::now() + shared.connect_timeout).await;
+    let first = connect_and_join(&mut conn, node, far_future()).await;
     drop(permit);
     let mut ws = match first {
         Ok(ws) => ws,
