@@ -378,3 +378,44 @@ async fn one_connection_pipelines_publishes_in_order_with_one_reply_each() {
         b.messages(500).await.iter().map(|m| m["text"].as_str().unwrap_or("").to_string()).collect();
     assert_eq!(got, texts, "members get them in that order");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbox_entries_handed_out_on_a_broken_connection_are_read_again() {
+    // Redis may hand a node inbox entries whose reply the broken connection
+    // then loses: they are pending for the node's consumer and a new
+    // `XREADGROUP >` never returns them. Here that delivery is made by hand
+    // while the member's node is frozen, right after its connections were
+    // killed; when it thaws, the message must still reach its member.
+    let cluster = start_cluster(2, true, &[]);
+    let channel = channel_owned_by(0, &[0, 1], "handed");
+    let mut alice = connect(&cluster.nodes[0], "alice").await;
+    let mut bob = connect(&cluster.nodes[1], "bob").await;
+    alice.join(&channel).await;
+    bob.join(&channel).await;
+    alice.publish(&channel, "before").await;
+    assert_eq!(bob.next_op("message").await["text"], "before");
+
+    cluster.nodes[1].pause();
+    cluster.redis.cli(&["CLIENT", "KILL", "TYPE", "normal"]).expect("client kill");
+    // The owner's own connections were killed too: retry (with a nonce, so
+    // a retry after a timeout cannot store it twice) until it is stored.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while alice.request(json!({"op":"publish","channel":channel,"text":"handed out","nonce":"h1"})).await["ok"]
+        != json!(true)
+    {
+        assert!(tokio::time::Instant::now() < deadline, "the owner never stored it");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let inbox = format!("shardchat:inbox:{}", node_id(1));
+    let taken = cluster
+        .redis
+        .cli(&["XREADGROUP", "GROUP", "chat-node", &node_id(1), "COUNT", "100", "STREAMS", &inbox, ">"])
+        .expect("xreadgroup");
+    assert!(taken.contains("handed out"), "the entry is now pending for the node: {taken}");
+    cluster.nodes[1].resume();
+
+    let m = bob.next_op("message").await;
+    assert_eq!(m["text"], "handed out", "{m}");
+    alice.publish(&channel, "after").await;
+    assert_eq!(bob.next_op("message").await["text"], "after");
+}

@@ -167,10 +167,13 @@ pub async fn consume(redis: Arc<RedisCtx>, node: Arc<str>, targets: InboxTargets
                     if let Err(e) = ensure_group(&redis, &node).await {
                         tracing::warn!(error = %e, "cannot create the inbox consumer group");
                     }
-                    cursor = "0".into();
                 } else {
                     tracing::warn!(error = %e, "reading the inbox failed; retrying");
                 }
+                // Redis may have handed us entries whose reply was lost with
+                // the error: they are pending for this consumer now, and only
+                // a read from 0 returns them (handling is idempotent).
+                cursor = "0".into();
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));
                 continue;

@@ -110,23 +110,26 @@ impl RedisCtx {
         // connection task for good: a node started before its Redis would
         // never connect.
         config.fail_fast = false;
-        let build = |timeout: Duration| {
+        let build = |timeout: Duration, attempts: u32| {
             Builder::from_config(config.clone())
                 .with_performance_config(|p| p.default_command_timeout = timeout)
                 .with_connection_config(|c| {
                     c.connection_timeout = Duration::from_secs(2);
                     c.internal_command_timeout = Duration::from_secs(2);
-                    // A command written before a connection broke is sent
-                    // again on the next one; commits carry a dedup key, so a
-                    // second run stores nothing.
-                    c.max_command_attempts = 2;
+                    c.max_command_attempts = attempts;
                 })
                 .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
                 .build()
                 .map_err(|e| ConnectError::Client(e.to_string()))
         };
-        let client = build(settings.command_timeout)?;
-        let reader = build(settings.command_timeout + Duration::from_secs(2))?;
+        // A command written before a connection broke is sent again on the
+        // next one; commits carry a dedup key, so a second run stores nothing.
+        let client = build(settings.command_timeout, 2)?;
+        // Never for the inbox reader: Redis may have handed it entries (now
+        // pending for this consumer) whose reply the broken connection lost,
+        // and a re-sent `XREADGROUP >` would skip them for good. It gets the
+        // error instead, and re-reads its pending entries.
+        let reader = build(settings.command_timeout + Duration::from_secs(2), 1)?;
         for c in [&client, &reader] {
             // init() waits for the first connection; don't block start-up on it.
             c.connect();
