@@ -96,6 +96,13 @@ impl RedisBackend {
         .map_err(unavailable)
     }
 
+    /// Forgets a dead edge that has nothing left (see `scripts::FORGET_EDGE`).
+    pub async fn forget_edge(&self, edge: &str) -> ChatResult<bool> {
+        let r = &self.redis;
+        let n: i64 = r.run(&r.scripts.forget_edge, vec![edge.to_string()]).await.map_err(unavailable)?;
+        Ok(n == 1)
+    }
+
     /// Tells every node with members that `channel` is closed and forgets
     /// its memberships (history is the operator's to keep or delete).
     pub async fn close_channel(&self, channel: &ChannelName, reason: &str) -> ChatResult<u64> {

@@ -139,10 +139,24 @@ else redis.call('HSET', p .. ':dm-unread:' .. user, with, n) end
 return n
 "#;
 
+/// ARGV: prefix, edge. Removes a dead edge from the fan-out lists of its
+/// users; returns how many users it had, or -1 when the edge's heartbeat is
+/// there (checked atomically with the removal: an edge whose heartbeat came
+/// back is re-registering its users and keeps every route).
+const DROP_EDGE: &str = r#"
+local p, edge = ARGV[1], ARGV[2]
+if redis.call('EXISTS', p .. ':alive:' .. edge) == 1 then return -1 end
+local users = redis.call('SMEMBERS', p .. ':edge-users:' .. edge)
+for _, u in ipairs(users) do redis.call('HDEL', p .. ':user-edges:' .. u, edge) end
+redis.call('DEL', p .. ':edge-users:' .. edge)
+return #users
+"#;
+
 pub struct DmScripts {
     send: Script,
     mailbox_after: Script,
     mark_read: Script,
+    drop_edge: Script,
 }
 
 impl Default for DmScripts {
@@ -151,6 +165,7 @@ impl Default for DmScripts {
             send: Script::from_lua(format!("#!lua\n{TRIM}\n{SEND}")),
             mailbox_after: Script::from_lua(format!("#!lua flags=no-writes\n{MAILBOX_AFTER}")),
             mark_read: Script::from_lua(format!("#!lua\n{MARK_READ}")),
+            drop_edge: Script::from_lua(format!("#!lua flags=allow-oom\n{DROP_EDGE}")),
         }
     }
 }
@@ -209,15 +224,11 @@ impl RedisDms {
         }
     }
 
-    /// Removes a dead edge from the fan-out lists of its users.
-    pub async fn drop_edge(&self, edge: &str) -> Result<usize, fred::error::Error> {
-        let r = &self.redis;
-        let users: Vec<String> = r.client.smembers(r.keys.edge_users(edge)).await?;
-        for u in &users {
-            let _: i64 = r.client.hdel(r.keys.user_edges(u), edge).await?;
-        }
-        let _: i64 = r.client.del(r.keys.edge_users(edge)).await?;
-        Ok(users.len())
+    /// Removes a dead edge from the fan-out lists of its users; `None`
+    /// when its heartbeat is back (it keeps them).
+    pub async fn drop_edge(&self, edge: &str) -> Result<Option<usize>, fred::error::Error> {
+        let n: i64 = self.redis.run(&self.scripts.drop_edge, vec![edge.to_string()]).await?;
+        Ok(usize::try_from(n).ok())
     }
 }
 
@@ -464,5 +475,5 @@ impl DmStore for RedisDms {
 
 #[cfg(test)]
 pub(crate) fn all_sources() -> String {
-    [TRIM, SEND, MAILBOX_AFTER, MARK_READ].concat()
+    [TRIM, SEND, MAILBOX_AFTER, MARK_READ, DROP_EDGE].concat()
 }

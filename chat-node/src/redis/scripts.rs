@@ -194,8 +194,15 @@ return out
 
 /// Removes every member that `edge` had in `channel` (the edge is dead).
 /// ARGV: prefix, channel, edge, inbox_maxlen. Returns how many pairs went.
+///
+/// The heartbeat is checked here, atomically with the removal, not only by
+/// the sweep that found it missing: an edge whose heartbeat came back since
+/// (Redis restarted, the edge is re-registering its members) keeps every
+/// membership. Removing them after the edge re-registered would leave its
+/// members subscribed locally and silently cut off.
 const DROP_EDGE: &str = r#"
 local p, c, edge = ARGV[1], ARGV[2], ARGV[3]
+if redis.call('EXISTS', p .. ':alive:' .. edge) == 1 then return 0 end
 local prefix = edge .. '\t'
 local removed = 0
 for _, pair in ipairs(redis.call('SMEMBERS', p .. ':pairs:' .. c)) do
@@ -208,6 +215,17 @@ if redis.call('SCARD', p .. ':edge-channels:' .. edge) == 0 then
   redis.call('SREM', p .. ':edges', edge)
 end
 return removed
+"#;
+
+/// Forgets a dead edge that has no channels and no direct-message users
+/// left. ARGV: prefix, edge. Returns 1 when it went; 0 when it still has
+/// some or its heartbeat is back (a re-registering edge adds them again).
+const FORGET_EDGE: &str = r#"
+local p, edge = ARGV[1], ARGV[2]
+if redis.call('EXISTS', p .. ':alive:' .. edge) == 1 then return 0 end
+if redis.call('SCARD', p .. ':edge-channels:' .. edge) > 0 then return 0 end
+if redis.call('EXISTS', p .. ':edge-users:' .. edge) == 1 then return 0 end
+return redis.call('SREM', p .. ':edges', edge)
 "#;
 
 /// Closes a channel: tells every node with members, then forgets all of
@@ -254,6 +272,7 @@ return n
 pub struct Scripts {
     pub apply: Script,
     pub drop_edge: Script,
+    pub forget_edge: Script,
     pub close: Script,
     pub after: Script,
     pub ack_and_trim: Script,
@@ -273,6 +292,7 @@ impl Default for Scripts {
         Self {
             apply: with_helpers(APPLY),
             drop_edge: with_helpers(DROP_EDGE),
+            forget_edge: Script::from_lua(format!("{FREES_MEMORY}\n{FORGET_EDGE}")),
             close: with_helpers(CLOSE),
             after: Script::from_lua(format!("{READS_ONLY}\n{AFTER}")),
             ack_and_trim: Script::from_lua(format!("{FREES_MEMORY}\n{ACK_AND_TRIM}")),
@@ -284,7 +304,7 @@ impl Default for Scripts {
 /// against `shardchat_common::redis_layout::Keys`.
 #[cfg(test)]
 pub(crate) fn all_sources() -> String {
-    [HELPERS, APPLY, DROP_EDGE, CLOSE, AFTER].concat()
+    [HELPERS, APPLY, DROP_EDGE, FORGET_EDGE, CLOSE, AFTER].concat()
 }
 
 #[cfg(test)]
@@ -306,6 +326,8 @@ mod tests {
             k.dm_contacts("U"),
             k.dm_allow(),
             k.user_edges("U"),
+            k.edge_users("E"),
+            k.alive("E"),
             k.history("C"),
             k.trimmed("C"),
             k.users("C"),

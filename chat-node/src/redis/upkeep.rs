@@ -269,16 +269,17 @@ impl Upkeep {
             let has_users: i64 = r.client.exists(r.keys.edge_users(edge)).await?;
             if has_users == 1 && self.ring.is_mine(&format!("edge:{edge}")) {
                 match self.dms.drop_edge(edge).await {
-                    Ok(n) => {
+                    Ok(Some(n)) => {
                         tracing::info!(%edge, users = n, "removed the direct-message routes of a dead node")
                     }
+                    Ok(None) => continue, // its heartbeat is back
                     Err(e) => tracing::warn!(%edge, error = %e, "cleaning up a dead node's users failed"),
                 }
             }
             let channels: Vec<String> = r.client.smembers(r.keys.edge_channels(edge)).await?;
             if channels.is_empty() {
                 if has_users == 0 {
-                    let _: i64 = r.client.srem(r.keys.edges(), edge.as_str()).await?;
+                    let _ = self.router.backend().forget_edge(edge).await;
                 }
                 continue;
             }
