@@ -60,6 +60,13 @@ pub struct Config {
     #[arg(long, env = "CHAT_INBOX_MAXLEN", default_value_t = 100_000)]
     pub inbox_maxlen: u64,
 
+    /// Storage calls (Lua script calls in cluster mode) a channel owner keeps
+    /// in flight at once. Operations that arrive meanwhile wait and go in the
+    /// next call, so fewer calls in flight mean larger, cheaper batches under
+    /// load at the price of a little queueing (docs/benchmarks.md).
+    #[arg(long, env = "CHAT_OWNER_CALLS_IN_FLIGHT", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub owner_calls_in_flight: u16,
+
     /// The inbox of a node that left the ring is deleted once it has sent no
     /// heartbeat for this long.
     #[arg(long, env = "CHAT_FORGET_NODES_AFTER", value_parser = parse_duration, default_value = "15m")]

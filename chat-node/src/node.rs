@@ -96,7 +96,10 @@ impl Node {
         let moderator =
             Arc::new(Moderator::from_config(&config, metrics.registry()).map_err(StartError::Moderation)?);
         moderator.spawn_upkeep(config.reload_interval);
-        let limits = SequencerLimits::default();
+        let limits = SequencerLimits {
+            in_flight: usize::from(config.owner_calls_in_flight),
+            ..SequencerLimits::default()
+        };
         let mailboxes = Arc::new(Mailboxes::default());
         let dm_limits = DmLimits {
             max_messages: config.dm_max_messages,

@@ -16,7 +16,7 @@ use axum::extract::ws::Utf8Bytes;
 use fred::prelude::*;
 use fred::types::Value;
 use shardchat_common::ChannelName;
-use shardchat_common::redis_layout::inbox::InboxEntry;
+use shardchat_common::redis_layout::inbox::{FannedEvent, InboxEntry};
 use tokio::time::Instant;
 
 use super::backend::RedisBackend;
@@ -254,19 +254,21 @@ fn handle(t: &InboxTargets, entries: Vec<RawEntry>) {
             continue;
         };
         match InboxEntry::decode(&fields) {
-            Ok(InboxEntry::Messages { channel, messages }) => {
-                let mut new = messages.into_iter().map(|m| {
-                    Event::Message(Arc::new(MessagePush {
-                        id: m.id,
-                        frame: Utf8Bytes::from(m.push),
-                        accepted_at_micros: m.accepted_micros,
-                    }))
-                });
-                push(channel, &mut new);
-            }
-            Ok(InboxEntry::Presence { channel, event, user }) => {
-                let presence = Event::Presence(PresencePush::new(channel.clone(), event, &user));
-                push(channel, &mut std::iter::once(presence));
+            Ok(InboxEntry::Events(sections)) => {
+                for section in sections {
+                    let channel = section.channel;
+                    let mut new = section.events.into_iter().map(|e| match e {
+                        FannedEvent::Message(m) => Event::Message(Arc::new(MessagePush {
+                            id: m.id,
+                            frame: Utf8Bytes::from(m.push),
+                            accepted_at_micros: m.accepted_micros,
+                        })),
+                        FannedEvent::Presence { event, user } => {
+                            Event::Presence(PresencePush::new(channel.clone(), event, &user))
+                        }
+                    });
+                    push(channel.clone(), &mut new);
+                }
             }
             Ok(InboxEntry::Acks(acks)) => t.router.acks(acks),
             Ok(InboxEntry::Requests(requests)) => t.owner_server.serve(requests),

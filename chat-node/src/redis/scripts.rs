@@ -12,16 +12,62 @@ use fred::types::scripts::Script;
 
 /// Shared helpers, prepended to scripts that fan out or change membership.
 const HELPERS: &str = r#"
--- XADD `fields` to the inbox of every node with members in channel `c`
--- (one entry per node even when it has several incarnations listed). An
--- inbox holds only unread entries, so one at its cap is about to lose some:
--- the overflow flag tells its node to warn its members of a gap.
+-- Fan-out, batched per node. emit() appends records of channel `c` to the
+-- buffer of every node that has members in `c` at that moment (one buffer
+-- per node, even when it has several incarnations listed); send_all()
+-- writes each buffer as one `ev` entry (several when it is large), so a
+-- commit of many channels costs one XADD per node, not one per channel and
+-- node. A buffer keeps each channel's records in emit order. An inbox holds
+-- only unread entries, so one at its cap is about to lose some: the
+-- overflow flag tells its node to warn its members of a gap.
+local out, out_order = {}, {}
+local MAX_FIELDS = 6000
+local function send_node(p, node, inbox_maxlen)
+  local b = out[node]
+  if #b.fields == 0 then return end
+  local inbox = p .. ':inbox:' .. node
+  if redis.call('XLEN', inbox) >= tonumber(inbox_maxlen) then
+    redis.call('SET', p .. ':overflow:' .. node, '1')
+  end
+  redis.call('XADD', inbox, 'MAXLEN', '~', inbox_maxlen, '*', 'k', 'ev', unpack(b.fields))
+  b.fields = {}
+  b.last = nil
+end
+local function emit(p, c, inbox_maxlen, records)
+  if #records == 0 then return end
+  local seen = {}
+  for _, edge in ipairs(redis.call('HKEYS', p .. ':edges:' .. c)) do
+    local node = string.match(edge, '^(.*)#') or edge
+    if not seen[node] then
+      seen[node] = true
+      local b = out[node]
+      if not b then
+        b = {fields = {}, last = nil}
+        out[node] = b
+        out_order[#out_order + 1] = node
+      end
+      if #b.fields + #records + 2 > MAX_FIELDS then send_node(p, node, inbox_maxlen) end
+      local f = b.fields
+      if b.last ~= c then
+        f[#f + 1] = 'c'
+        f[#f + 1] = c
+        b.last = c
+      end
+      for r = 1, #records do f[#f + 1] = records[r] end
+    end
+  end
+end
+local function send_all(p, inbox_maxlen)
+  for _, node in ipairs(out_order) do send_node(p, node, inbox_maxlen) end
+end
+-- One entry of another kind to every node with members in `c`, at once.
 local function fanout(p, c, inbox_maxlen, fields)
   local seen = {}
   for _, edge in ipairs(redis.call('HKEYS', p .. ':edges:' .. c)) do
     local node = string.match(edge, '^(.*)#') or edge
     if not seen[node] then
       seen[node] = true
+      if out[node] then send_node(p, node, inbox_maxlen) end
       local inbox = p .. ':inbox:' .. node
       if redis.call('XLEN', inbox) >= tonumber(inbox_maxlen) then
         redis.call('SET', p .. ':overflow:' .. node, '1')
@@ -38,7 +84,7 @@ local function leave(p, c, user, edge, inbox_maxlen)
   end
   if redis.call('HINCRBY', p .. ':users:' .. c, user, -1) <= 0 then
     redis.call('HDEL', p .. ':users:' .. c, user)
-    fanout(p, c, inbox_maxlen, {'k', 'pres', 'c', c, 'e', 'leave', 'u', user})
+    emit(p, c, inbox_maxlen, {'e', 'leave', 'u', user})
   end
   if redis.call('HLEN', p .. ':users:' .. c) == 0 then
     redis.call('SREM', p .. ':active', c)
@@ -65,7 +111,7 @@ local p, inbox_maxlen, max_dynamic = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local dyn_key = p .. ':dynamic'
-local out = {}
+local results_of = {}
 local i = 5
 for ci = 1, tonumber(ARGV[4]) do
   local c, max_messages, max_age = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
@@ -73,12 +119,10 @@ for ci = 1, tonumber(ARGV[4]) do
   i = i + 7
   local h = p .. ':history:' .. c
   local users = p .. ':users:' .. c
-  local pending = {'k', 'msgs', 'c', c}
+  local pending = {}
   local function flush()
-    if #pending > 4 then
-      fanout(p, c, inbox_maxlen, pending)
-      pending = {'k', 'msgs', 'c', c}
-    end
+    emit(p, c, inbox_maxlen, pending)
+    pending = {}
   end
   local stored = false
   local results = {}
@@ -146,7 +190,7 @@ for ci = 1, tonumber(ARGV[4]) do
             redis.call('SADD', p .. ':edges', edge)
             redis.call('SADD', p .. ':active', c)
             if is_new then
-              fanout(p, c, inbox_maxlen, {'k', 'pres', 'c', c, 'e', 'join', 'u', user})
+              emit(p, c, inbox_maxlen, {'e', 'join', 'u', user})
             end
             results[oi] = redis.call('HLEN', users)
           end
@@ -169,27 +213,43 @@ for ci = 1, tonumber(ARGV[4]) do
     end
     local min_id = now - max_age
     if max_age > 0 and min_id > 0 then
-      local older = redis.call('XREVRANGE', h, '(' .. min_id, '-', 'COUNT', 1)
-      if #older > 0 then
-        trimmed = older[1][1]
-        redis.call('XTRIM', h, 'MINID', min_id)
+      -- Only when the oldest entry is too old does the (costly, reverse)
+      -- search for the newest entry to drop run.
+      local first = redis.call('XRANGE', h, '-', '+', 'COUNT', 1)
+      if #first > 0 and tonumber(string.match(first[1][1], '^(%d+)')) < min_id then
+        local older = redis.call('XREVRANGE', h, '(' .. min_id, '-', 'COUNT', 1)
+        if #older > 0 then
+          trimmed = older[1][1]
+          redis.call('XTRIM', h, 'MINID', min_id)
+        end
       end
     end
     local tkey = p .. ':trimmed:' .. c
     local ttl = math.max(max_age, 1000)
-    if trimmed then redis.call('SET', tkey, trimmed) end
+    if trimmed then
+      redis.call('SET', tkey, trimmed, 'PX', ttl)
+    else
+      redis.call('PEXPIRE', tkey, ttl)
+    end
     redis.call('PEXPIRE', h, ttl)
-    if redis.call('EXISTS', tkey) == 1 then redis.call('PEXPIRE', tkey, ttl) end
   end
-  if dynamic and redis.call('HLEN', users) > 0 then
-    redis.call('ZADD', dyn_key, now + math.max(max_age, 1000), c)
-  elseif dynamic and redis.call('HLEN', users) == 0 and not stored then
+  local members = dynamic and redis.call('HLEN', users) or 0
+  if dynamic and members > 0 then
+    -- Moved forward at most once a second: the score may run up to a
+    -- second late (the channel counts a little longer), never early.
+    local until_ms = now + math.max(max_age, 1000)
+    local score = redis.call('ZSCORE', dyn_key, c)
+    if not score or tonumber(score) < until_ms then
+      redis.call('ZADD', dyn_key, until_ms + 1000, c)
+    end
+  elseif dynamic and members == 0 and not stored then
     -- The last member left and nothing was stored: only the history keeps it counted.
     if redis.call('EXISTS', h) == 0 then redis.call('ZREM', dyn_key, c) end
   end
-  out[ci] = results
+  results_of[ci] = results
 end
-return out
+send_all(p, inbox_maxlen)
+return results_of
 "#;
 
 /// Removes every member that `edge` had in `channel` (the edge is dead).
@@ -214,6 +274,7 @@ redis.call('SREM', p .. ':edge-channels:' .. edge, c)
 if redis.call('SCARD', p .. ':edge-channels:' .. edge) == 0 then
   redis.call('SREM', p .. ':edges', edge)
 end
+send_all(p, ARGV[4])
 return removed
 "#;
 

@@ -1,7 +1,8 @@
 //! Entries of a node's inbox stream `{p}:inbox:<node>`.
 //!
 //! Field `k` says what an entry is. Owners write fan-out entries from Lua
-//! (`msgs`, `pres`, `closed`); edges and owners write request and ack
+//! (`ev`: the messages and presence changes of any number of channels,
+//! one entry per node per commit; `closed`); edges and owners write request and ack
 //! bundles (`reqs`, `acks`: many requests or acks in one entry, JSON in
 //! field `d`); the operator writes `close`. docs/redis-layout.md describes
 //! every field.
@@ -12,7 +13,7 @@ use serde_json::{Map, Value};
 use crate::protocol::{ErrorBody, ErrorCode, PresenceEvent};
 use crate::{ChannelName, MessageId};
 
-/// One message of a `msgs` entry: its id, the owner's accept time, and the
+/// One message of an `ev` entry: its id, the owner's accept time, and the
 /// push frame exactly as clients receive it (built once, by the owner).
 #[derive(Debug, Clone, PartialEq)]
 pub struct FannedMessage {
@@ -177,10 +178,10 @@ struct WireClose {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum InboxEntry {
-    /// Owner → every node with members: messages of one channel, in id order.
-    Messages { channel: ChannelName, messages: Vec<FannedMessage> },
-    /// Owner → every node with members: a user joined or left.
-    Presence { channel: ChannelName, event: PresenceEvent, user: String },
+    /// Owner → every node with members: what happened in some channels,
+    /// each channel's events in order (`ev`; the older one-channel kinds
+    /// `msgs` and `pres` decode to this too).
+    Events(Vec<ChannelEvents>),
     /// Edge → owner (or owner → new owner, forwarding).
     Requests(Vec<OwnerRequest>),
     /// Edge → a conversation's owner.
@@ -194,6 +195,20 @@ pub enum InboxEntry {
     Close { channel: ChannelName, reason: String },
     /// Owner → every node with members: the channel is closed; drop its local members.
     Closed { channel: ChannelName, reason: String },
+}
+
+/// One channel's part of an `ev` entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChannelEvents {
+    pub channel: ChannelName,
+    pub events: Vec<FannedEvent>,
+}
+
+/// A message or a presence change, as fanned out.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FannedEvent {
+    Message(FannedMessage),
+    Presence { event: PresenceEvent, user: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -221,53 +236,74 @@ fn to_json<T: Serialize>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_default()
 }
 
+fn presence_event(v: &str) -> Result<PresenceEvent, MalformedEntry> {
+    match v {
+        "join" => Ok(PresenceEvent::Join),
+        "leave" => Ok(PresenceEvent::Leave),
+        other => Err(MalformedEntry(format!("presence event {other:?}"))),
+    }
+}
+
+/// The sections of an `ev` (or `msgs` / `pres`) entry: `c` starts a
+/// channel; `i`, `t`, `p` are a message (id, accept time, push); `e`, `u`
+/// a presence change (event, user).
+fn decode_events<S: AsRef<str>>(fields: &[(S, S)]) -> Result<Vec<ChannelEvents>, MalformedEntry> {
+    let mut sections: Vec<ChannelEvents> = Vec::new();
+    let mut message: Option<(MessageId, u64)> = None;
+    let mut presence: Option<PresenceEvent> = None;
+    for (k, v) in fields {
+        let v = v.as_ref();
+        let k = k.as_ref();
+        if k == "k" {
+            continue;
+        }
+        if k == "c" {
+            let channel = ChannelName::new(v).map_err(|e| MalformedEntry(e.to_string()))?;
+            sections.push(ChannelEvents { channel, events: Vec::new() });
+            continue;
+        }
+        let section =
+            sections.last_mut().ok_or_else(|| MalformedEntry(format!("field {k:?} before a channel")))?;
+        match k {
+            "i" => {
+                let id = v.parse().map_err(|e: crate::InvalidMessageId| MalformedEntry(e.to_string()))?;
+                message = Some((id, 0));
+            }
+            "t" => {
+                if let Some((_, t)) = message.as_mut() {
+                    *t = v.parse().unwrap_or(0);
+                }
+            }
+            "p" => {
+                let (id, accepted_micros) =
+                    message.take().ok_or_else(|| MalformedEntry("push without a message id".into()))?;
+                section.events.push(FannedEvent::Message(FannedMessage {
+                    id,
+                    accepted_micros,
+                    push: v.to_string(),
+                }));
+            }
+            "e" => presence = Some(presence_event(v)?),
+            "u" => {
+                let event =
+                    presence.take().ok_or_else(|| MalformedEntry("presence user without an event".into()))?;
+                section.events.push(FannedEvent::Presence { event, user: v.to_string() });
+            }
+            _ => {}
+        }
+    }
+    if sections.is_empty() {
+        return Err(MalformedEntry("missing field \"c\"".into()));
+    }
+    Ok(sections)
+}
+
 impl InboxEntry {
     /// Parses an entry's fields, in stream order (names may repeat).
     pub fn decode<S: AsRef<str>>(fields: &[(S, S)]) -> Result<InboxEntry, MalformedEntry> {
         let kind = field(fields, "k")?;
         Ok(match kind {
-            "msgs" => {
-                let channel = channel(fields)?;
-                let mut messages = Vec::new();
-                let mut current: Option<(MessageId, u64)> = None;
-                for (k, v) in fields {
-                    match k.as_ref() {
-                        "i" => {
-                            let id = v
-                                .as_ref()
-                                .parse()
-                                .map_err(|e: crate::InvalidMessageId| MalformedEntry(e.to_string()))?;
-                            current = Some((id, 0));
-                        }
-                        "t" => {
-                            if let Some((_, t)) = current.as_mut() {
-                                *t = v.as_ref().parse().unwrap_or(0);
-                            }
-                        }
-                        "p" => {
-                            let (id, accepted_micros) = current
-                                .take()
-                                .ok_or_else(|| MalformedEntry("push without a message id".into()))?;
-                            messages.push(FannedMessage {
-                                id,
-                                accepted_micros,
-                                push: v.as_ref().to_string(),
-                            });
-                        }
-                        _ => {}
-                    }
-                }
-                InboxEntry::Messages { channel, messages }
-            }
-            "pres" => InboxEntry::Presence {
-                channel: channel(fields)?,
-                event: match field(fields, "e")? {
-                    "join" => PresenceEvent::Join,
-                    "leave" => PresenceEvent::Leave,
-                    other => return Err(MalformedEntry(format!("presence event {other:?}"))),
-                },
-                user: field(fields, "u")?.to_string(),
-            },
+            "ev" | "msgs" | "pres" => InboxEntry::Events(decode_events(fields)?),
             "reqs" => InboxEntry::Requests(json(fields)?),
             "dmreqs" => InboxEntry::DmRequests(json(fields)?),
             "dm" => {
@@ -320,30 +356,30 @@ impl InboxEntry {
     /// The entry's fields, for `XADD`.
     pub fn encode(&self) -> Vec<(&'static str, String)> {
         match self {
-            InboxEntry::Messages { channel, messages } => {
-                let mut f = Vec::with_capacity(2 + 3 * messages.len());
-                f.push(("k", "msgs".to_string()));
-                f.push(("c", channel.to_string()));
-                for m in messages {
-                    f.push(("i", m.id.to_string()));
-                    f.push(("t", m.accepted_micros.to_string()));
-                    f.push(("p", m.push.clone()));
+            InboxEntry::Events(sections) => {
+                let mut f = vec![("k", "ev".to_string())];
+                for s in sections {
+                    f.push(("c", s.channel.to_string()));
+                    for e in &s.events {
+                        match e {
+                            FannedEvent::Message(m) => {
+                                f.push(("i", m.id.to_string()));
+                                f.push(("t", m.accepted_micros.to_string()));
+                                f.push(("p", m.push.clone()));
+                            }
+                            FannedEvent::Presence { event, user } => {
+                                let event = match event {
+                                    PresenceEvent::Join => "join",
+                                    PresenceEvent::Leave => "leave",
+                                };
+                                f.push(("e", event.to_string()));
+                                f.push(("u", user.clone()));
+                            }
+                        }
+                    }
                 }
                 f
             }
-            InboxEntry::Presence { channel, event, user } => vec![
-                ("k", "pres".into()),
-                ("c", channel.to_string()),
-                (
-                    "e",
-                    match event {
-                        PresenceEvent::Join => "join",
-                        PresenceEvent::Leave => "leave",
-                    }
-                    .into(),
-                ),
-                ("u", user.clone()),
-            ],
             InboxEntry::Requests(reqs) => vec![("k", "reqs".into()), ("d", to_json(reqs))],
             InboxEntry::DmRequests(reqs) => vec![("k", "dmreqs".into()), ("d", to_json(reqs))],
             InboxEntry::Dms(deliveries) => {
@@ -388,18 +424,27 @@ mod tests {
 
     #[test]
     fn every_kind_round_trips() {
-        round_trip(InboxEntry::Messages {
-            channel: name("town-137"),
-            messages: vec![
-                FannedMessage { id: MessageId::new(5, 0), accepted_micros: 7, push: "{\"a\":1}".into() },
-                FannedMessage { id: MessageId::new(5, 1), accepted_micros: 8, push: "{}".into() },
-            ],
-        });
-        round_trip(InboxEntry::Presence {
-            channel: name("c"),
-            event: PresenceEvent::Leave,
-            user: "u".into(),
-        });
+        let message = |ms, seq, t, push: &str| {
+            FannedEvent::Message(FannedMessage {
+                id: MessageId::new(ms, seq),
+                accepted_micros: t,
+                push: push.into(),
+            })
+        };
+        round_trip(InboxEntry::Events(vec![
+            ChannelEvents {
+                channel: name("town-137"),
+                events: vec![
+                    message(5, 0, 7, "{\"a\":1}"),
+                    FannedEvent::Presence { event: PresenceEvent::Join, user: "u".into() },
+                    message(5, 1, 8, "{}"),
+                ],
+            },
+            ChannelEvents {
+                channel: name("c"),
+                events: vec![FannedEvent::Presence { event: PresenceEvent::Leave, user: "u".into() }],
+            },
+        ]));
         let mut meta = Map::new();
         meta.insert("k".into(), Value::from(1));
         round_trip(InboxEntry::Requests(vec![
@@ -448,6 +493,30 @@ mod tests {
     }
 
     #[test]
+    fn one_channel_entries_of_the_previous_format_still_decode() {
+        let msgs = [("k", "msgs"), ("c", "town"), ("i", "5-0"), ("t", "7"), ("p", "{}")];
+        let pres = [("k", "pres"), ("c", "town"), ("e", "join"), ("u", "ann")];
+        assert_eq!(
+            InboxEntry::decode(&msgs).unwrap(),
+            InboxEntry::Events(vec![ChannelEvents {
+                channel: name("town"),
+                events: vec![FannedEvent::Message(FannedMessage {
+                    id: MessageId::new(5, 0),
+                    accepted_micros: 7,
+                    push: "{}".into()
+                })],
+            }])
+        );
+        assert_eq!(
+            InboxEntry::decode(&pres).unwrap(),
+            InboxEntry::Events(vec![ChannelEvents {
+                channel: name("town"),
+                events: vec![FannedEvent::Presence { event: PresenceEvent::Join, user: "ann".into() }],
+            }])
+        );
+    }
+
+    #[test]
     fn the_operators_close_request_keeps_its_format() {
         let f = owned(InboxEntry::Close { channel: name("town-137"), reason: "deleted".into() }.encode());
         assert_eq!(f[1].1, r#"{"channel":"town-137","reason":"deleted"}"#);
@@ -462,6 +531,9 @@ mod tests {
             vec![("k", "msgs"), ("c", "ok"), ("i", "x")],
             vec![("k", "msgs"), ("c", "ok"), ("p", "{}")],
             vec![("k", "pres"), ("c", "ok"), ("e", "dance"), ("u", "u")],
+            vec![("k", "ev"), ("i", "5-0"), ("p", "{}")],
+            vec![("k", "ev"), ("c", "ok"), ("u", "u")],
+            vec![("k", "ev"), ("c", "ok"), ("c", "not ok")],
             vec![("k", "reqs"), ("d", "[{}]")],
             vec![("k", "acks"), ("d", "nope")],
             vec![("k", "close"), ("d", "{")],
