@@ -11,7 +11,7 @@ function client(url, user, extra = {}) {
   return new ShardchatClient({ url, user, reconnect: FAST_RECONNECT, requestTimeoutMs: 5000, ...extra });
 }
 
-describe("embedded node", () => {
+describe("embedded node", { timeout: 180_000 }, () => {
   let node;
   const clients = [];
   const track = (c) => (clients.push(c), c);
@@ -200,7 +200,7 @@ describe("embedded node", () => {
   });
 });
 
-describe("tokens", () => {
+describe("tokens", { timeout: 120_000 }, () => {
   const secret = "sdk-test-secret-of-at-least-32-bytes!";
   let node;
   before(async () => {
