@@ -113,3 +113,22 @@ fn typescript_sdk_against_real_nodes() {
     );
     println!("SDK tests: {} passed ({})", pass.unwrap_or(0), OsStr::new(&bin).to_string_lossy());
 }
+
+/// The node serves the committed browser build byte for byte, and the page
+/// loads it from there.
+#[test]
+fn the_node_serves_the_sdk_browser_build() {
+    let node = shardchat_tests::node::ChatNode::start();
+    let (status, body) = node.http_get("/sdk/shardchat.js").expect("GET /sdk/shardchat.js");
+    assert_eq!(status, 200);
+    let committed =
+        std::fs::read_to_string(sdk_dir().join("dist/shardchat.js")).expect("reading dist/shardchat.js");
+    assert!(
+        body == committed,
+        "/sdk/shardchat.js is not clients/typescript/dist/shardchat.js (rebuild chat-node)"
+    );
+    assert!(body.contains("export class ShardchatClient"), "not the SDK: {}", &body[..body.len().min(200)]);
+    let (status, page) = node.http_get("/").expect("GET /");
+    assert_eq!(status, 200);
+    assert!(page.contains("from \"./sdk/shardchat.js\""), "the page does not import the SDK");
+}
