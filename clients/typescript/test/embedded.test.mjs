@@ -125,13 +125,18 @@ describe("embedded node", { timeout: 180_000 }, () => {
       // The network drops and stays down while bob keeps talking.
       proxy.blocked = true;
       proxy.cut();
-      await waitFor("alice noticing", () => alice.state === "reconnecting");
+      await waitFor("alice and quinn noticing", () => alice.state === "reconnecting" && queued.state === "reconnecting");
       await assert.rejects(alice.publish(ch, "while offline"), (e) => e.code === "not_connected" && !!e.nonce);
       const late = queued.publish(ch, "queued while offline");
       assert.equal(queued.stats.queued, 1);
       for (let i = 0; i < 5; i++) expected.push(await publishSurely(bob, ch, `during ${i}`));
-      await sleep(300);
+      await sleep(1000);
       proxy.blocked = false;
+      // Every refused attempt waited longer, up to the maximum (jittered).
+      const delays = ra.disconnects.map((d) => d.delayMs);
+      assert.ok(delays.length >= 3, `attempts while blocked: ${delays}`);
+      assert.ok(delays.every((d) => d > 0 && d <= FAST_RECONNECT.maxDelayMs), `${delays}`);
+      assert.ok(Math.max(...delays) >= 4 * FAST_RECONNECT.minDelayMs * 0.75, `backoff does not grow: ${delays}`);
 
       await waitFor("alice reconnected", () => alice.state === "connected");
       const lateId = (await late).messageId;
