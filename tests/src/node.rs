@@ -460,13 +460,13 @@ pub fn chat_node_bin() -> anyhow::Result<PathBuf> {
 
 /// Warns (once per test binary) when the chat-node binary is older than its
 /// sources, e.g. after `cargo test -p shardchat-tests` without rebuilding
-/// chat-node: the page at `/` is compiled into the binary.
+/// chat-node: the page at `/` and the SDK it loads are compiled into the binary.
 fn warn_if_stale(bin: &Path) {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         let Ok(built) = fs::metadata(bin).and_then(|m| m.modified()) else { return };
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let newer = ["chat-node/src", "chat-node/static", "common/src"]
+        let newer = ["chat-node/src", "chat-node/static", "common/src", "clients/typescript/dist"]
             .iter()
             .filter_map(|d| newest_file(&root.join(d)))
             .filter(|(t, _)| *t > built)

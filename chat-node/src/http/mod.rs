@@ -20,6 +20,7 @@ use crate::node::Node;
 pub fn router(node: Arc<Node>) -> Router {
     Router::new()
         .route("/", get(page::index))
+        .route("/sdk/shardchat.js", get(page::sdk))
         .route("/v1/ws", get(ws::upgrade))
         .route("/v1/channels", get(rest::list_channels))
         .route("/v1/channels/{channel}/history", get(rest::history))

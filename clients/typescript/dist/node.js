@@ -1,0 +1,25 @@
+/**
+ * Node.js entry of `@shardchat/client`: the same API as the browser build,
+ * with the `ws` library as the WebSocket implementation (Node.js 20 has no
+ * global `WebSocket`).
+ *
+ * ```js
+ * import { ShardchatClient } from "@shardchat/client";
+ * const chat = new ShardchatClient({ url: "ws://127.0.0.1:8080", user: "bot-1" });
+ * ```
+ *
+ * @packageDocumentation
+ */
+import WebSocket from "ws";
+import { ShardchatClient as BaseClient } from "./shardchat.js";
+export * from "./shardchat.js";
+/** Opens a `ws` WebSocket; `ws` answers the server's pings by itself. */
+function openWs(url, protocols) {
+    return new WebSocket(url, protocols);
+}
+/** {@link BaseClient} that uses `ws` unless `options.WebSocket` says otherwise. */
+export class ShardchatClient extends BaseClient {
+    constructor(options) {
+        super({ ...options, WebSocket: options.WebSocket ?? openWs });
+    }
+}

@@ -1,0 +1,30 @@
+/**
+ * Node.js entry of `@shardchat/client`: the same API as the browser build,
+ * with the `ws` library as the WebSocket implementation (Node.js 20 has no
+ * global `WebSocket`).
+ *
+ * ```js
+ * import { ShardchatClient } from "@shardchat/client";
+ * const chat = new ShardchatClient({ url: "ws://127.0.0.1:8080", user: "bot-1" });
+ * ```
+ *
+ * @packageDocumentation
+ */
+
+import WebSocket from "ws";
+
+import { ShardchatClient as BaseClient, type ClientOptions, type WebSocketLike } from "./shardchat.js";
+
+export * from "./shardchat.js";
+
+/** Opens a `ws` WebSocket; `ws` answers the server's pings by itself. */
+function openWs(url: string, protocols: string[]): WebSocketLike {
+  return new WebSocket(url, protocols) as unknown as WebSocketLike;
+}
+
+/** {@link BaseClient} that uses `ws` unless `options.WebSocket` says otherwise. */
+export class ShardchatClient extends BaseClient {
+  constructor(options: ClientOptions) {
+    super({ ...options, WebSocket: options.WebSocket ?? openWs });
+  }
+}
