@@ -87,3 +87,13 @@ for line in sys.stdin:
         v[k] = x
 print(float(v.get("used_cpu_user", 0)) + float(v.get("used_cpu_sys", 0)))'
 }
+
+# cpu_seconds PID...: user + system CPU seconds the processes have used.
+cpu_seconds() {
+  local total=0 t
+  for pid in "$@"; do
+    t=$(awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$pid/stat" 2>/dev/null || echo 0)
+    total=$(python3 -c "print($total + $t)")
+  done
+  echo "$total"
+}
