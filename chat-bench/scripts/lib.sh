@@ -11,7 +11,7 @@ pids=()
 
 # The nodes run with raised per-connection limits so a benchmark measures
 # the server, not the abuse limits (docs/benchmarks.md).
-node_limits=(--publish-rate 100000 --publish-burst 100000 --frame-rate 100000 --connect-rate 0 --max-connections-per-ip 0)
+node_limits=(--publish-rate 100000 --publish-burst 100000 --frame-rate 100000 --connect-rate 0 --max-connections-per-ip 0 --dm-recipient-rate 100000)
 
 need_binaries() {
   if [ ! -x "$node_bin" ] || [ ! -x "$bench_bin" ]; then
