@@ -367,12 +367,15 @@ async fn next_close(ws: &mut Ws) -> Result<Option<u64>, String> {
 }
 
 fn unhex(s: &str) -> Result<Vec<u8>, String> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return Err("bad vector: odd hex length".into());
     }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(|e| format!("bad vector: hex: {e}")))
+    s.as_bytes()
+        .chunks(2)
+        .map(|pair| {
+            let pair = std::str::from_utf8(pair).map_err(|_| "bad vector: hex is not ASCII".to_string())?;
+            u8::from_str_radix(pair, 16).map_err(|e| format!("bad vector: hex {pair:?}: {e}"))
+        })
         .collect()
 }
 
