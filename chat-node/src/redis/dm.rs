@@ -34,15 +34,23 @@ local function trim(h, tkey, max, min_id, ttl)
     redis.call('XTRIM', h, 'MAXLEN', '=', max)
   end
   if min_id > 0 then
-    local older = redis.call('XREVRANGE', h, '(' .. min_id, '-', 'COUNT', 1)
-    if #older > 0 then
-      trimmed = older[1][1]
-      redis.call('XTRIM', h, 'MINID', min_id)
+    -- Only when the oldest entry is too old does the (costly, reverse)
+    -- search for the newest entry to drop run.
+    local first = redis.call('XRANGE', h, '-', '+', 'COUNT', 1)
+    if #first > 0 and tonumber(string.match(first[1][1], '^(%d+)')) < min_id then
+      local older = redis.call('XREVRANGE', h, '(' .. min_id, '-', 'COUNT', 1)
+      if #older > 0 then
+        trimmed = older[1][1]
+        redis.call('XTRIM', h, 'MINID', min_id)
+      end
     end
   end
-  if trimmed then redis.call('SET', tkey, trimmed) end
+  if trimmed then
+    redis.call('SET', tkey, trimmed, 'PX', ttl)
+  else
+    redis.call('PEXPIRE', tkey, ttl)
+  end
   redis.call('PEXPIRE', h, ttl)
-  if redis.call('EXISTS', tkey) == 1 then redis.call('PEXPIRE', tkey, ttl) end
 end
 "#;
 
