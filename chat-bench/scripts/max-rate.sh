@@ -5,8 +5,10 @@
 # scenario; a rate "holds" when the run passes (nothing lost, duplicated or
 # reordered, every publish answered) with p99 <= 50 ms. Stepping stops for
 # a mode at its first rate that does not hold; the last one that held is
-# its maximum. Also reports Redis commands and Redis CPU per accepted
-# publish for the cluster (INFO commandstats / INFO cpu before and after).
+# its maximum. Also reports Redis commands (those run inside scripts
+# included) and Redis CPU per accepted publish for the cluster (INFO
+# commandstats / INFO cpu before and after, minus what the idle cluster
+# does in the same time, measured for 2 s just before).
 #
 #   chat-bench/scripts/max-rate.sh "<scenario flags>" RATE...
 #   e.g. chat-bench/scripts/max-rate.sh "-n 1000 -c 1 -d 10s" 100 200 400 800 1200
@@ -70,16 +72,24 @@ for r in "${rates[@]}"; do
     if holds "$work/e-$r.json"; then best_e=$r; else live_e=0; fi
   fi
   if [ "$live_c" = 1 ]; then
-    before=$(redis_cmdstats "$rp"); cpu0=$(redis_cpu "$rp")
+    # The idle cluster's own Redis traffic (heartbeats, blocking reads,
+    # config polling) over 2 s, subtracted pro rata from the run's.
+    idle0=$(redis_cmdstats "$rp"); icpu0=$(redis_cpu "$rp"); t0=$(date +%s.%N)
+    sleep 2
+    before=$(redis_cmdstats "$rp"); cpu0=$(redis_cpu "$rp"); t1=$(date +%s.%N)
     "$bench_bin" --json -q -u "$cluster_urls" "${scenario[@]}" -r "$r" >"$work/c-$r.json" || true
-    after=$(redis_cmdstats "$rp"); cpu1=$(redis_cpu "$rp")
-    per=$(python3 - "$before" "$after" "$cpu0" "$cpu1" "$work/c-$r.json" <<'PY'
+    after=$(redis_cmdstats "$rp"); cpu1=$(redis_cpu "$rp"); t2=$(date +%s.%N)
+    per=$(python3 - "$idle0" "$before" "$after" "$icpu0" "$cpu0" "$cpu1" "$t0" "$t1" "$t2" "$work/c-$r.json" <<'PY'
 import json, sys
-b, a = json.loads(sys.argv[1]), json.loads(sys.argv[2])
-cpu = float(sys.argv[4]) - float(sys.argv[3])
-acc = max(1, json.load(open(sys.argv[5]))["sent"]["accepted"])
-calls = sum(v["calls"] - b.get(k, {}).get("calls", 0) for k, v in a.items() if k not in ("info",))
-print(f"; Redis {calls/acc:.1f} commands and {cpu*1e6/acc:.0f} µs CPU per publish")
+i, b, a = (json.loads(x) for x in sys.argv[1:4])
+icpu0, cpu0, cpu1, t0, t1, t2 = (float(x) for x in sys.argv[4:10])
+acc = max(1, json.load(open(sys.argv[10]))["sent"]["accepted"])
+def calls(x, y):
+    return sum(v["calls"] - x.get(k, {}).get("calls", 0) for k, v in y.items() if k != "info")
+scale = (t2 - t1) / max(t1 - t0, 1e-3)
+net_calls = calls(b, a) - calls(i, b) * scale
+net_cpu = (cpu1 - cpu0) - (cpu0 - icpu0) * scale
+print(f"; Redis {net_calls/acc:.1f} commands (in scripts too) and {net_cpu*1e6/acc:.0f} µs CPU per publish, idle traffic subtracted")
 PY
 )
     summary cluster "$work/c-$r.json" "$per"

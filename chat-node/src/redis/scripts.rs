@@ -125,6 +125,7 @@ for ci = 1, tonumber(ARGV[4]) do
     pending = {}
   end
   local stored = false
+  local member_ops = false
   local results = {}
   for oi = 1, n do
     local kind = ARGV[i]
@@ -163,6 +164,7 @@ for ci = 1, tonumber(ARGV[4]) do
       i = i + 3
       -- Messages before a membership change reach the nodes that had members then.
       flush()
+      member_ops = true
       if kind == 'j' then
         local pair = edge .. '\t' .. user
         if redis.call('SISMEMBER', p .. ':pairs:' .. c, pair) == 1 then
@@ -233,18 +235,21 @@ for ci = 1, tonumber(ARGV[4]) do
     end
     redis.call('PEXPIRE', h, ttl)
   end
-  local members = dynamic and redis.call('HLEN', users) or 0
-  if dynamic and members > 0 then
-    -- Moved forward at most once a second: the score may run up to a
-    -- second late (the channel counts a little longer), never early.
+  if dynamic then
+    -- The score moves forward at most once a second: it may run up to a
+    -- second late (the channel counts a little longer), never early. Only
+    -- a stale score or a membership change needs the member count.
     local until_ms = now + math.max(max_age, 1000)
     local score = redis.call('ZSCORE', dyn_key, c)
-    if not score or tonumber(score) < until_ms then
-      redis.call('ZADD', dyn_key, until_ms + 1000, c)
+    local fresh = score and tonumber(score) >= until_ms
+    if not fresh or member_ops then
+      if redis.call('HLEN', users) > 0 then
+        if not fresh then redis.call('ZADD', dyn_key, until_ms + 1000, c) end
+      elseif not stored then
+        -- The last member left and nothing was stored: only the history keeps it counted.
+        if redis.call('EXISTS', h) == 0 then redis.call('ZREM', dyn_key, c) end
+      end
     end
-  elseif dynamic and members == 0 and not stored then
-    -- The last member left and nothing was stored: only the history keeps it counted.
-    if redis.call('EXISTS', h) == 0 then redis.call('ZREM', dyn_key, c) end
   end
   results_of[ci] = results
 end
