@@ -11,7 +11,7 @@ pids=()
 
 # The nodes run with raised per-connection limits so a benchmark measures
 # the server, not the abuse limits (docs/benchmarks.md).
-node_limits=(--publish-rate 100000 --publish-burst 100000 --frame-rate 100000 --connect-rate 0 --max-connections-per-ip 0)
+node_limits=(--publish-rate 100000 --publish-burst 100000 --frame-rate 100000 --connect-rate 0 --max-connections-per-ip 0 --dm-recipient-rate 100000)
 
 need_binaries() {
   if [ ! -x "$node_bin" ] || [ ! -x "$bench_bin" ]; then
@@ -86,4 +86,14 @@ for line in sys.stdin:
         k, x = line.strip().split(":", 1)
         v[k] = x
 print(float(v.get("used_cpu_user", 0)) + float(v.get("used_cpu_sys", 0)))'
+}
+
+# cpu_seconds PID...: user + system CPU seconds the processes have used.
+cpu_seconds() {
+  local total=0 t
+  for pid in "$@"; do
+    t=$(awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$pid/stat" 2>/dev/null || echo 0)
+    total=$(python3 -c "print($total + $t)")
+  done
+  echo "$total"
 }

@@ -5,7 +5,8 @@
 # scenario; a rate "holds" when the run passes (nothing lost, duplicated or
 # reordered, every publish answered) with p99 <= 50 ms. Stepping stops for
 # a mode at its first rate that does not hold; the last one that held is
-# its maximum. Also reports Redis commands (those run inside scripts
+# its maximum. Also reports the servers' CPU time per accepted publish
+# (embedded: the node; cluster: the three nodes and Redis), and Redis commands (those run inside scripts
 # included) and Redis CPU per accepted publish for the cluster (INFO
 # commandstats / INFO cpu before and after, minus what the idle cluster
 # does in the same time, measured for 2 s just before).
@@ -29,17 +30,30 @@ trap 'stop_all; rm -rf "$work"' EXIT
 
 ep=$(free_port)
 start_node "$work/embedded.log" "$ep"
+embedded_pids=("$node_pid")
 wait_ready "$ep"
 rp=$(free_port)
 start_redis "$rp" "$work" --appendonly no
+cluster_pids=("$redis_pid")
 urls=()
 for i in 0 1 2; do
   p=$(free_port)
   start_node "$work/n$i.log" "$p" --node-id "n$i" --peers n0,n1,n2 --redis-url "redis://127.0.0.1:$rp"
+  cluster_pids+=("$node_pid")
   wait_ready "$p"
   urls+=("ws://127.0.0.1:$p")
 done
 cluster_urls=$(IFS=,; echo "${urls[*]}")
+
+# Server CPU per accepted publish (all nodes, and Redis for the cluster):
+# the cost that decides how far a mode scales with cores.
+per_publish_cpu() { # cpu_before cpu_after json
+  python3 - "$@" <<'PY'
+import json, sys
+acc = max(1, json.load(open(sys.argv[3]))["sent"]["accepted"])
+print(f"; server CPU {(float(sys.argv[2]) - float(sys.argv[1])) * 1e6 / acc:.0f} µs per publish")
+PY
+}
 
 holds() { # json file -> exit 0 when the rate held
   python3 - "$1" <<'PY'
@@ -67,8 +81,10 @@ PY
 best_e=0 best_c=0 live_e=1 live_c=1
 for r in "${rates[@]}"; do
   if [ "$live_e" = 1 ]; then
+    c0=$(cpu_seconds "${embedded_pids[@]}")
     "$bench_bin" --json -q -u "ws://127.0.0.1:$ep" "${scenario[@]}" -r "$r" >"$work/e-$r.json" || true
-    summary embedded "$work/e-$r.json"
+    c1=$(cpu_seconds "${embedded_pids[@]}")
+    summary embedded "$work/e-$r.json" "$(per_publish_cpu "$c0" "$c1" "$work/e-$r.json")"
     if holds "$work/e-$r.json"; then best_e=$r; else live_e=0; fi
   fi
   if [ "$live_c" = 1 ]; then
@@ -77,7 +93,9 @@ for r in "${rates[@]}"; do
     idle0=$(redis_cmdstats "$rp"); icpu0=$(redis_cpu "$rp"); t0=$(date +%s.%N)
     sleep 2
     before=$(redis_cmdstats "$rp"); cpu0=$(redis_cpu "$rp"); t1=$(date +%s.%N)
+    c0=$(cpu_seconds "${cluster_pids[@]}")
     "$bench_bin" --json -q -u "$cluster_urls" "${scenario[@]}" -r "$r" >"$work/c-$r.json" || true
+    c1=$(cpu_seconds "${cluster_pids[@]}")
     after=$(redis_cmdstats "$rp"); cpu1=$(redis_cpu "$rp"); t2=$(date +%s.%N)
     per=$(python3 - "$idle0" "$before" "$after" "$icpu0" "$cpu0" "$cpu1" "$t0" "$t1" "$t2" "$work/c-$r.json" <<'PY'
 import json, sys
@@ -92,7 +110,7 @@ net_cpu = (cpu1 - cpu0) - (cpu0 - icpu0) * scale
 print(f"; Redis {net_calls/acc:.1f} commands (in scripts too) and {net_cpu*1e6/acc:.0f} µs CPU per publish, idle traffic subtracted")
 PY
 )
-    summary cluster "$work/c-$r.json" "$per"
+    summary cluster "$work/c-$r.json" "$(per_publish_cpu "$c0" "$c1" "$work/c-$r.json")$per"
     if holds "$work/c-$r.json"; then best_c=$r; else live_c=0; fi
   fi
   [ "$live_e" = 0 ] && [ "$live_c" = 0 ] && break

@@ -120,6 +120,17 @@ pub struct Args {
     #[arg(long)]
     pub retry_publishes: bool,
 
+    /// Direct messages instead of channels: every "channel" of the plan is
+    /// a conversation between its two members (so --connections must be
+    /// twice --channels), and each publisher sends `dm` to the other
+    /// member. Both sides receive every message of the conversation (the
+    /// sender's own connection too), checked for loss, duplicates and order
+    /// by conversation id. Users are named `bench-<run id>-<connection>`.
+    /// The node's per-recipient limit (`--dm-recipient-rate`) must allow
+    /// the per-conversation rate.
+    #[arg(long)]
+    pub dm: bool,
+
     /// Print one JSON object instead of the table (schema: see --help).
     #[arg(long)]
     pub json: bool,

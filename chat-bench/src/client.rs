@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use shardchat_common::ChannelName;
 use shardchat_common::protocol::{ChatMessage, Reply, ServerFrame};
+use shardchat_common::{ChannelName, MessageId};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::{Instant, sleep_until, timeout, timeout_at};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -134,6 +134,8 @@ pub struct Conn {
     index: usize,
     channel_idx: usize,
     channel: ChannelName,
+    /// `--dm`: this connection's user and its conversation's other member.
+    dm: Option<DmPair>,
     join: Join,
     member: MemberLog,
     publisher: Option<PublisherLog>,
@@ -151,6 +153,13 @@ pub struct Conn {
     retry_until: Option<Instant>,
 }
 
+/// The two users of a direct-message conversation, as this connection sees it.
+#[derive(Debug, Clone)]
+struct DmPair {
+    me: String,
+    peer: String,
+}
+
 /// A publish waiting to be sent again.
 #[derive(Debug, Clone, Copy)]
 struct Pending {
@@ -159,6 +168,11 @@ struct Pending {
     seq: u64,
     /// The `t` stamp of its first send (latency counts from there).
     t_ns: u64,
+}
+
+/// Whether a direct message from `from` to `to` belongs to `pair`'s conversation.
+fn is_conversation(pair: &DmPair, from: &str, to: &str) -> bool {
+    (from == pair.me && to == pair.peer) || (from == pair.peer && to == pair.me)
 }
 
 /// Whether to keep reading after a frame.
@@ -177,10 +191,12 @@ impl Conn {
         let publisher = plan
             .publisher_slot(index)
             .map(|_| if shared.reconnect { PublisherLog::with_ids() } else { PublisherLog::new() });
+        let dm = plan.dm.then(|| DmPair { me: plan.user_of(index), peer: plan.user_of(plan.peer_of(index)) });
         Self {
             index,
             channel_idx,
             channel,
+            dm,
             join: Join::Pending,
             member,
             publisher,
@@ -228,7 +244,20 @@ impl Conn {
                     self.recovery.excuses.open(self.member.highest());
                 }
             }
-            Ok(ServerFrame::Dm(_) | ServerFrame::DmGap { .. }) => {}
+            Ok(ServerFrame::Dm(d)) => match &self.dm {
+                Some(pair) if is_conversation(pair, &d.from, &d.to) => {
+                    self.on_delivery(d.id, d.meta.as_ref(), now);
+                }
+                // Not ours (e.g. another run's user), or not a --dm run.
+                _ => self.protocol_violations += 1,
+            },
+            Ok(ServerFrame::DmGap { .. }) => {
+                self.count_error("dm_gap");
+                if self.dm.is_some() {
+                    self.recovery.gaps += 1;
+                    self.recovery.excuses.open(self.member.highest());
+                }
+            }
             Err(_) => self.protocol_violations += 1,
         }
     }
@@ -238,17 +267,22 @@ impl Conn {
     }
 
     fn on_chat_message(&mut self, m: ChatMessage, now: Instant) {
-        if m.channel != self.channel {
+        if m.channel != self.channel || self.dm.is_some() {
             self.protocol_violations += 1;
             return;
         }
-        let stamp = BenchMeta::from_meta(m.meta.as_ref());
+        self.on_delivery(m.id, m.meta.as_ref(), now);
+    }
+
+    /// A message of this connection's channel (or conversation) arrived.
+    fn on_delivery(&mut self, id: MessageId, meta: Option<&serde_json::Map<String, Value>>, now: Instant) {
+        let stamp = BenchMeta::from_meta(meta);
         let origin = stamp.and_then(|s| {
             let slot = self.shared.plan.slot_in_channel(s.publisher, self.channel_idx)?;
             Some(Origin { slot, seq: s.seq })
         });
-        let verdict = self.member.record(m.id, origin);
-        self.recovery.excuses.delivered(m.id);
+        let verdict = self.member.record(id, origin);
+        self.recovery.excuses.delivered(id);
         if let Some(s) = stamp
             && verdict.is_first_delivery()
         {
@@ -342,13 +376,22 @@ impl Conn {
 
     fn publish_frame(&self, seq: u64, t_ns: u64) -> String {
         let meta = BenchMeta { publisher: self.index as u64, seq, t_ns };
-        let mut frame = json!({
-            "op": "publish",
-            "id": seq,
-            "channel": self.channel,
-            "text": self.shared.text,
-            "meta": meta.to_value(),
-        });
+        let mut frame = match &self.dm {
+            Some(pair) => json!({
+                "op": "dm",
+                "id": seq,
+                "to": pair.peer,
+                "text": self.shared.text,
+                "meta": meta.to_value(),
+            }),
+            None => json!({
+                "op": "publish",
+                "id": seq,
+                "channel": self.channel,
+                "text": self.shared.text,
+                "meta": meta.to_value(),
+            }),
+        };
         if self.shared.retry {
             // Scoped by the server to (channel, sender): the seq is unique there.
             frame["nonce"] = Value::String(format!("s{seq}"));
@@ -357,6 +400,11 @@ impl Conn {
     }
 
     fn join_frame(&self) -> String {
+        if self.dm.is_some() {
+            // Direct messages need no join: syncing the mailbox is the
+            // protocol's first step, and its reply says the connection is ready.
+            return json!({"op": "dm_sync", "id": JOIN_ID}).to_string();
+        }
         match self.member.highest() {
             Some(since) => json!({"op": "join", "id": JOIN_ID, "channel": self.channel, "since": since}),
             None => json!({"op": "join", "id": JOIN_ID, "channel": self.channel}),
@@ -738,6 +786,43 @@ mod tests {
         assert_eq!(m.errors.get("channel_full"), Some(&1));
         m.on_text(r#"{"op":"reply","id":0,"ok":true,"message_id":"1-0"}"#, now);
         assert_eq!(m.protocol_violations, 1, "a member that never published got a publish reply");
+    }
+
+    #[test]
+    fn direct_message_runs_send_dm_frames_and_count_only_their_conversation() {
+        // Conversation 0 is between connections 0 and 2 (two conversations, four connections).
+        let s = shared(&["--dm", "-n", "4", "-c", "2", "-p", "2"]);
+        let mut c = Conn::new(s, 0);
+        let frame: Value = serde_json::from_str(&c.publish_frame(3, 5)).unwrap();
+        assert_eq!(frame["op"], "dm");
+        assert_eq!(frame["to"], "bench-t-2");
+        assert_eq!(BenchMeta::from_meta(frame["meta"].as_object()).unwrap().seq, 3);
+        let sync: Value = serde_json::from_str(&c.join_frame()).unwrap();
+        assert_eq!(sync["op"], "dm_sync", "setup syncs the mailbox instead of joining");
+        c.on_text(r#"{"op":"reply","id":"join","ok":true,"messages":[]}"#, Instant::now());
+        assert_eq!(c.join, Join::Done);
+
+        let dm = |id: &str, from: &str, to: &str, publisher: u64, seq: u64| {
+            json!({"op":"dm","id":id,"cursor":id,"from":from,"to":to,"text":"x","ts":1,
+                   "meta": BenchMeta { publisher, seq, t_ns: 1 }.to_value()})
+            .to_string()
+        };
+        let now = Instant::now();
+        c.on_text(&dm("5-0", "bench-t-0", "bench-t-2", 0, 0), now);
+        c.on_text(&dm("6-0", "bench-t-2", "bench-t-0", 2, 0), now);
+        assert_eq!(c.member.highest(), Some(MessageId::new(6, 0)), "both directions count");
+        c.on_text(&dm("7-0", "bench-t-1", "bench-t-0", 1, 0), now);
+        assert_eq!(c.protocol_violations, 1, "a message from outside the conversation is a violation");
+        assert_eq!(c.member.highest(), Some(MessageId::new(6, 0)));
+    }
+
+    #[test]
+    fn direct_message_runs_need_two_members_per_conversation() {
+        for bad in [&["--dm", "-n", "5", "-c", "2"][..], &["--dm", "-n", "4", "-c", "2", "--reconnect"]] {
+            let mut argv = vec!["chat-bench"];
+            argv.extend_from_slice(bad);
+            assert!(Plan::from_args(&Args::try_parse_from(argv).unwrap()).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

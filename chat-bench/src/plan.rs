@@ -33,6 +33,8 @@ pub struct Plan {
     pub duration: Duration,
     pub drain: Duration,
     pub message_bytes: usize,
+    /// `--dm`: channels are two-member conversations of direct messages.
+    pub dm: bool,
 }
 
 impl Plan {
@@ -88,7 +90,22 @@ impl Plan {
             duration: args.duration,
             drain: args.drain,
             message_bytes: args.message_bytes,
+            dm: args.dm,
         };
+        if plan.dm {
+            if n != 2 * c {
+                return Err(format!(
+                    "--dm: every conversation has two members, so --connections must be 2 × --channels ({})",
+                    2 * c
+                ));
+            }
+            if args.reconnect {
+                return Err("--dm does not support --reconnect yet".into());
+            }
+            shardchat_common::user::is_valid_user_id(&plan.user_of(n - 1))
+                .then_some(())
+                .ok_or_else(|| "--run-id makes an invalid user name for --dm".to_string())?;
+        }
         // The longest channel name must be valid (run id characters, length).
         ChannelName::new(&plan.channel_name_str(c - 1)).map_err(|e| format!("--run-id: {e}"))?;
         if plan.planned_messages() == 0 {
@@ -157,7 +174,18 @@ impl Plan {
             return base.clone();
         }
         let sep = if base.contains('?') { '&' } else { '?' };
-        format!("{base}{sep}user=bench-{conn}")
+        format!("{base}{sep}user={}", self.user_of(conn))
+    }
+
+    /// The dev-mode user of connection `conn`: `bench-<conn>`, or with
+    /// `--dm` `bench-<run id>-<conn>` (conversations outlive a run).
+    pub fn user_of(&self, conn: usize) -> String {
+        if self.dm { format!("bench-{}-{conn}", self.run_id) } else { format!("bench-{conn}") }
+    }
+
+    /// With `--dm`: the other member of `conn`'s conversation.
+    pub fn peer_of(&self, conn: usize) -> usize {
+        if conn < self.channels { conn + self.channels } else { conn - self.channels }
     }
 
     /// R·D, the aggregate number of publishes, as a float.

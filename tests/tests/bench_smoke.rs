@@ -1,6 +1,7 @@
-//! `chat-bench` against real nodes, embedded and a 3-node cluster: a small
-//! run must pass its own correctness checks (nothing lost, duplicated or
-//! reordered). Figures are not asserted here; docs/benchmarks.md has them.
+//! `chat-bench` against real nodes, embedded and a 3-node cluster, for
+//! channels and for direct messages (`--dm`): a small run must pass its own
+//! correctness checks (nothing lost, duplicated or reordered). Figures are
+//! not asserted here; docs/benchmarks.md has them.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -9,7 +10,7 @@ use serde_json::Value;
 use shardchat_tests::node::ChatNode;
 use shardchat_tests::redis::RedisServer;
 
-const NODE_LIMITS: [&str; 8] = [
+const NODE_LIMITS: [&str; 10] = [
     "--publish-rate",
     "100000",
     "--publish-burst",
@@ -18,7 +19,14 @@ const NODE_LIMITS: [&str; 8] = [
     "100000",
     "--connect-rate",
     "0",
+    "--dm-recipient-rate",
+    "100000",
 ];
+
+/// 30 connections in 3 channels, 2 publishers each, 150 publishes/s for 2 s.
+const CHANNELS: [&str; 6] = ["-n", "30", "-c", "3", "-p", "2"];
+/// 15 conversations (30 connections), both sides writing, 150 direct messages/s.
+const CONVERSATIONS: [&str; 7] = ["--dm", "-n", "30", "-c", "15", "-p", "2"];
 
 fn bench_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable");
@@ -28,9 +36,10 @@ fn bench_bin() -> PathBuf {
     )
 }
 
-fn run_bench(urls: &[String]) -> Value {
+fn run_bench(urls: &[String], shape: &[&str]) -> Value {
     let out = Command::new(bench_bin())
-        .args(["--json", "-q", "-n", "30", "-c", "3", "-p", "2", "-r", "150", "-d", "2s", "--drain", "2s"])
+        .args(["--json", "-q", "-r", "150", "-d", "2s", "--drain", "2s"])
+        .args(shape)
         .arg("--url")
         .arg(urls.join(","))
         .output()
@@ -54,8 +63,9 @@ fn assert_clean(report: &Value, what: &str) {
 #[test]
 fn bench_passes_against_an_embedded_node() {
     let node = ChatNode::start_with(NODE_LIMITS);
-    let report = run_bench(&[format!("ws://{}", node.addr())]);
-    assert_clean(&report, "embedded");
+    let urls = [format!("ws://{}", node.addr())];
+    assert_clean(&run_bench(&urls, &CHANNELS), "embedded");
+    assert_clean(&run_bench(&urls, &CONVERSATIONS), "embedded, direct messages");
 }
 
 #[test]
@@ -70,6 +80,12 @@ fn bench_passes_against_a_three_node_cluster() {
         })
         .collect();
     let urls: Vec<String> = nodes.iter().map(|n| format!("ws://{}", n.addr())).collect();
-    let report = run_bench(&urls);
-    assert_clean(&report, "cluster");
+    assert_clean(&run_bench(&urls, &CHANNELS), "cluster");
+    let dm = run_bench(&urls, &CONVERSATIONS);
+    assert_clean(&dm, "cluster, direct messages");
+    assert_eq!(
+        dm["delivered"]["expected"],
+        2 * dm["sent"]["accepted"].as_u64().unwrap_or(0),
+        "both sides get each"
+    );
 }

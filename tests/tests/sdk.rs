@@ -1,7 +1,9 @@
 //! The TypeScript SDK (`clients/typescript`) against real chat-node
 //! processes: runs its `npm test` (the dist/ drift check, then Node's test
-//! runner with an embedded node, a token-protected node and a two-node
-//! cluster over a redis-server it starts) with the chat-node binary cargo
+//! runner with an embedded node, a token-protected node, a two-node
+//! cluster over a redis-server it starts, and the protocol conformance
+//! vectors of docs/protocol/conformance over raw sockets and through the SDK)
+//! with the chat-node binary cargo
 //! built for this profile.
 //!
 //! Needs Node.js and npm (`apt-get install -y nodejs npm`). Without them the

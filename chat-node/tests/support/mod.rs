@@ -52,11 +52,16 @@ impl TestNode {
         Client::connect(&self.ws_url(user)).await
     }
 
-    /// Triggers graceful shutdown (as SIGTERM does) and waits for it to finish.
-    pub async fn shutdown(&mut self) {
+    /// Triggers graceful shutdown (as SIGTERM does) without waiting for it.
+    pub fn begin_shutdown(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+    }
+
+    /// Triggers graceful shutdown (as SIGTERM does) and waits for it to finish.
+    pub async fn shutdown(&mut self) {
+        self.begin_shutdown();
         if let Some(server) = self.server.take() {
             tokio::time::timeout(TIMEOUT, server)
                 .await
