@@ -53,6 +53,26 @@ fn is_allowed(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':')
 }
 
+/// Pattern of a valid channel name (JSON Schema / OpenAPI, CRD); the same
+/// rule as [`validate`].
+pub const CHANNEL_NAME_PATTERN: &str = "^[A-Za-z0-9._:-]{1,128}$";
+
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for ChannelName {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(CHANNEL_NAME_PATTERN))
+            .description(Some("1-128 characters of `A-Z a-z 0-9 - _ . :`"))
+            .examples(["town-137"])
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for ChannelName {}
+
 impl fmt::Display for ChannelName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

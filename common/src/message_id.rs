@@ -74,6 +74,28 @@ impl<'de> Deserialize<'de> for MessageId {
     }
 }
 
+/// Pattern of a message id on the wire (JSON Schema / OpenAPI).
+pub const MESSAGE_ID_PATTERN: &str = "^[0-9]{1,20}-[0-9]{1,20}$";
+
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for MessageId {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(MESSAGE_ID_PATTERN))
+            .description(Some(
+                "`<milliseconds>-<sequence>`; strictly increasing within a channel. \
+                 Compare as a pair of integers, never as strings.",
+            ))
+            .examples(["1732260000123-0"])
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for MessageId {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

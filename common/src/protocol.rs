@@ -26,6 +26,7 @@ pub const MAX_HISTORY_LIMIT: usize = 1_000;
 
 /// Stable error codes of protocol v1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     BadRequest,
@@ -77,8 +78,11 @@ impl ErrorCode {
 
 /// `{"code": "...", "message": "..."}` in error replies, pushes and REST bodies.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
+    /// Stable; branch on it.
     pub code: ErrorCode,
+    /// For humans; may change between versions.
     pub message: String,
 }
 
@@ -352,14 +356,20 @@ impl Nonce {
 
 /// A chat message as clients see it (push, history item, REST item).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ChatMessage {
     pub channel: ChannelName,
     pub id: MessageId,
+    /// The sender's user id (`server` or another chosen sender for server-side publishes).
     pub from: String,
+    /// At most 2,000 characters, after moderation (masked words are `*`s).
     pub text: String,
     /// Milliseconds since the Unix epoch when the owner accepted it.
     pub ts: u64,
+    /// The sender's JSON object, as published (at most 1 KiB, depth 8);
+    /// absent when there was none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object, required = false))]
     pub meta: Option<Map<String, Value>>,
 }
 

@@ -1,5 +1,6 @@
 //! The HTTP surface: WebSocket upgrade, REST, health, metrics and the page.
 
+pub mod openapi;
 mod page;
 mod rest;
 mod users;
@@ -11,25 +12,18 @@ use axum::Json;
 use axum::Router;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use shardchat_common::protocol::{ErrorBody, ErrorCode};
 
 use crate::error::ChatError;
 use crate::node::Node;
 
+/// Every route. The API's routes come with their OpenAPI description (see
+/// [`openapi`]); only the browser page and its script are undocumented.
 pub fn router(node: Arc<Node>) -> Router {
-    Router::new()
-        .route("/", get(page::index))
+    let (api, _doc) = openapi::documented().split_for_parts();
+    api.route("/", get(page::index))
         .route("/sdk/shardchat.js", get(page::sdk))
-        .route("/v1/ws", get(ws::upgrade))
-        .route("/v1/channels", get(rest::list_channels))
-        .route("/v1/channels/{channel}/history", get(rest::history))
-        .route("/v1/channels/{channel}/members", get(rest::members))
-        .route("/v1/channels/{channel}/messages", post(rest::publish))
-        .route("/v1/users/{user}/messages", post(users::send))
-        .route("/healthz", get(rest::healthz))
-        .route("/readyz", get(rest::readyz))
-        .route("/metrics", get(rest::metrics))
         .fallback(|| async { ChatError::not_found("no such endpoint") })
         .with_state(node)
 }
@@ -50,8 +44,9 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
     }
 }
 
-#[derive(serde::Serialize)]
-struct ErrorResponse {
+/// The body of every REST error: `{"error":{"code":"...","message":"..."}}`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorResponse {
     error: ErrorBody,
 }
 

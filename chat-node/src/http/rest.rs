@@ -21,6 +21,9 @@ use serde_json::{Map, Value};
 use shardchat_common::protocol::{ChatMessage, Nonce};
 use shardchat_common::{ChannelName, MessageId};
 
+use utoipa::{IntoParams, ToSchema};
+
+use super::ErrorResponse;
 use crate::error::{ChatError, ChatResult};
 use crate::node::Node;
 use crate::owner::PublishRequest;
@@ -56,17 +59,50 @@ fn readable_channel(node: &Node, raw: &str, roles: &[String]) -> ChatResult<Chan
     Ok(channel)
 }
 
-#[derive(Debug, Deserialize)]
+/// Query of `GET /v1/channels/{channel}/history`. Both are parsed by hand
+/// (not by serde) so that a bad value gets a clear `bad_request`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct HistoryQuery {
+    /// How many of the newest messages to return: default 50, at most 1000
+    /// (a larger value is clamped). Empty means the default.
+    #[param(value_type = Option<u32>, minimum = 0, example = 50)]
     limit: Option<String>,
+    /// Only messages older than this id: page backwards by passing the
+    /// oldest id of the previous page.
+    #[param(value_type = Option<MessageId>)]
     before: Option<String>,
 }
 
-#[derive(Serialize)]
+/// A page of a channel's history.
+#[derive(Serialize, ToSchema)]
 pub struct MessagesBody {
+    /// Oldest first; the same objects and order as the WebSocket `history` op.
     messages: Vec<ChatMessage>,
 }
 
+/// The newest messages of a channel, oldest first.
+///
+/// Needs join access: without a token only channels whose `joinRoles`
+/// admit everyone; with a JWT, its roles count. Costs one token of the
+/// per-IP REST bucket.
+#[utoipa::path(
+    get,
+    path = "/v1/channels/{channel}/history",
+    operation_id = "channel_history",
+    tag = "channels",
+    params(("channel" = ChannelName, Path, description = "The channel's name"), HistoryQuery),
+    security((), ("bearer_jwt" = [])),
+    responses(
+        (status = 200, description = "The page, oldest first", body = MessagesBody),
+        (status = 400, description = "`bad_request`: invalid channel name, `limit` or `before`", body = ErrorResponse),
+        (status = 401, description = "`unauthorized`: the token is invalid or expired", body = ErrorResponse),
+        (status = 403, description = "`forbidden`: the channel's `joinRoles` do not admit the caller", body = ErrorResponse),
+        (status = 404, description = "`not_found`: the channel is not declared and the node runs with `--dynamic-channels deny`", body = ErrorResponse),
+        (status = 429, description = "`rate_limited`: the per-IP REST bucket (`--rest-rate`) is empty", body = ErrorResponse),
+        (status = 503, description = "`unavailable`: storage or configuration not reachable yet; retry with backoff", body = ErrorResponse),
+    ),
+)]
 #[tracing::instrument(skip(node, q, peer, headers))]
 pub async fn history(
     State(node): State<Arc<Node>>,
@@ -91,11 +127,33 @@ pub async fn history(
     Ok(Json(MessagesBody { messages }))
 }
 
-#[derive(Serialize)]
+/// The users in a channel.
+#[derive(Serialize, ToSchema)]
 pub struct MembersBody {
+    /// User ids, sorted, wherever in the cluster they are connected.
     members: Vec<String>,
 }
 
+/// The users in a channel.
+///
+/// Needs join access, like history. Costs one token of the per-IP REST bucket.
+#[utoipa::path(
+    get,
+    path = "/v1/channels/{channel}/members",
+    operation_id = "channel_members",
+    tag = "channels",
+    params(("channel" = ChannelName, Path, description = "The channel's name")),
+    security((), ("bearer_jwt" = [])),
+    responses(
+        (status = 200, description = "The members, sorted", body = MembersBody),
+        (status = 400, description = "`bad_request`: invalid channel name", body = ErrorResponse),
+        (status = 401, description = "`unauthorized`: the token is invalid or expired", body = ErrorResponse),
+        (status = 403, description = "`forbidden`: the channel's `joinRoles` do not admit the caller", body = ErrorResponse),
+        (status = 404, description = "`not_found`: the channel is not declared and the node runs with `--dynamic-channels deny`", body = ErrorResponse),
+        (status = 429, description = "`rate_limited`: the per-IP REST bucket is empty", body = ErrorResponse),
+        (status = 503, description = "`unavailable`: the cluster could not be asked in time; retry with backoff", body = ErrorResponse),
+    ),
+)]
 #[tracing::instrument(skip(node, peer, headers))]
 pub async fn members(
     State(node): State<Arc<Node>>,
@@ -108,21 +166,43 @@ pub async fn members(
     Ok(Json(MembersBody { members: node.cluster.members(&channel).await? }))
 }
 
-#[derive(Serialize)]
+/// One channel of the channel list.
+#[derive(Serialize, ToSchema)]
 pub struct ChannelSummary {
     name: ChannelName,
+    /// Distinct users in the channel.
     members: usize,
+    /// Messages in its retained history.
     messages: usize,
+    /// Whether a ChatChannel (or `--channels` file) declares it; `false`
+    /// for a channel created on first join.
     declared: bool,
 }
 
-#[derive(Serialize)]
+/// The channel list.
+#[derive(Serialize, ToSchema)]
 pub struct ChannelsBody {
+    /// Sorted by name.
     channels: Vec<ChannelSummary>,
 }
 
 /// Channels the caller may read (join), with member and message counts.
+///
 /// Channels restricted to roles the caller lacks are left out entirely.
+/// Costs ten tokens of the per-IP REST bucket.
+#[utoipa::path(
+    get,
+    path = "/v1/channels",
+    operation_id = "list_channels",
+    tag = "channels",
+    security((), ("bearer_jwt" = [])),
+    responses(
+        (status = 200, description = "Declared and active channels the caller may join", body = ChannelsBody),
+        (status = 401, description = "`unauthorized`: the token is invalid or expired", body = ErrorResponse),
+        (status = 429, description = "`rate_limited`: the per-IP REST bucket is empty", body = ErrorResponse),
+        (status = 503, description = "`unavailable`: the cluster or storage could not be asked in time", body = ErrorResponse),
+    ),
+)]
 #[tracing::instrument(skip(node, peer, headers))]
 pub async fn list_channels(
     State(node): State<Arc<Node>>,
@@ -157,28 +237,65 @@ fn summary<'m>(
     })
 }
 
-#[derive(Debug, Deserialize)]
+/// A server-side publish. Unknown fields are refused.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"text": "server restart in 5 minutes", "meta": {"kind": "notice"}, "nonce": "restart-notice-1"}))]
 pub struct PublishBody {
+    /// 1-2,000 characters; the channel's moderation applies.
     text: String,
+    /// Any JSON object, at most 1 KiB and nesting depth 8.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     meta: Option<Map<String, Value>>,
-    /// Sender shown to clients; defaults to "server".
+    /// Sender shown to clients (a user id); defaults to "server".
     #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9._:@-]{1,64}$", example = "server")]
     from: Option<String>,
     /// Idempotency key (as on the WebSocket): a retry with the same one
     /// stores nothing and answers with the first message's id.
     #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9._:-]{1,64}$")]
     nonce: Option<String>,
 }
 
-#[derive(Serialize)]
+/// The id of a stored (or, with a repeated nonce, earlier) message.
+#[derive(Serialize, ToSchema)]
 pub struct PublishedBody {
     message_id: MessageId,
+    /// Present (and `true`) only when the `nonce` was seen before and
+    /// nothing new was stored.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[schema(required = false)]
     duplicate: bool,
 }
 
+/// Publishes a message to a channel from the server side (e.g. a game server).
+///
+/// Needs the `--admin-token`, or a JWT with the role `admin`. The message
+/// is delivered and stored like any other; `from` defaults to `server`.
+#[utoipa::path(
+    post,
+    path = "/v1/channels/{channel}/messages",
+    operation_id = "publish_to_channel",
+    tag = "publishing",
+    params(("channel" = ChannelName, Path, description = "The channel's name")),
+    request_body = PublishBody,
+    security(("admin_token" = []), ("bearer_jwt" = [])),
+    responses(
+        (status = 201, description = "Stored and delivered", body = PublishedBody),
+        (status = 200, description = "A repeated `nonce`: nothing new was stored; the first message's id, `duplicate: true`", body = PublishedBody),
+        (status = 400, description = "`bad_request`: invalid channel name, malformed or unknown field in the body, empty text, bad `from` or `nonce`, `meta` not an object or too deep", body = ErrorResponse),
+        (status = 401, description = "`unauthorized`: no token, or neither the admin token nor a valid JWT", body = ErrorResponse),
+        (status = 403, description = "`forbidden`: a valid JWT without the role `admin`", body = ErrorResponse),
+        (status = 404, description = "`not_found`: the channel is not declared and the node runs with `--dynamic-channels deny`", body = ErrorResponse),
+        (status = 413, description = "`too_large`: text over 2,000 characters or `meta` over 1 KiB", body = ErrorResponse),
+        (status = 422, description = "`filtered`: the channel's moderation mode is `reject` and the text contains a blocked word", body = ErrorResponse),
+        (status = 429, description = "`rate_limited`: the channel's own rate limit", body = ErrorResponse),
+        (status = 503, description = "`unavailable`: the channel's owner or storage could not be reached; not stored, retry", body = ErrorResponse),
+        (status = 504, description = "`timeout`: the outcome is unknown; retry with the same `nonce`", body = ErrorResponse),
+    ),
+)]
 #[tracing::instrument(skip(node, headers, body))]
 pub async fn publish(
     State(node): State<Arc<Node>>,
@@ -207,10 +324,33 @@ pub async fn publish(
     Ok((status, Json(PublishedBody { message_id: p.id, duplicate: p.duplicate })).into_response())
 }
 
+/// Liveness: answers `ok` while the process serves HTTP.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    operation_id = "healthz",
+    tag = "operations",
+    responses((status = 200, description = "Alive", body = String, content_type = "text/plain", example = "ok")),
+)]
 pub async fn healthz() -> &'static str {
     "ok"
 }
 
+/// Readiness for traffic.
+///
+/// 200 `ready` (in dev mode with a loud note that clients are not
+/// authenticated); 503 with the reasons while starting, while Redis or the
+/// channel configuration is not reachable, and while draining.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    operation_id = "readyz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Ready", body = String, content_type = "text/plain", example = "ready"),
+        (status = 503, description = "Not ready, with the reasons (`draining`, `not ready` and one `component: problem` line each, or `not ready: loading channel configuration`)", body = String, content_type = "text/plain"),
+    ),
+)]
 pub async fn readyz(State(node): State<Arc<Node>>) -> Response {
     if node.lifecycle.is_ready() && !node.directory.is_loaded() {
         return (StatusCode::SERVICE_UNAVAILABLE, "not ready: loading channel configuration").into_response();
@@ -230,6 +370,14 @@ pub async fn readyz(State(node): State<Arc<Node>>) -> Response {
     }
 }
 
+/// Prometheus metrics (see docs/operations.md for the list).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = "operations",
+    responses((status = 200, description = "Prometheus text exposition format", body = String, content_type = "text/plain; version=0.0.4")),
+)]
 pub async fn metrics(State(node): State<Arc<Node>>) -> Response {
     if node.config.redis_url.is_none() {
         // Embedded: this node owns every channel with members (cheap to count).

@@ -12,29 +12,68 @@ use serde_json::{Map, Value};
 use shardchat_common::MessageId;
 use shardchat_common::protocol::Nonce;
 
+use utoipa::ToSchema;
+
+use super::ErrorResponse;
 use crate::dm::DmRequest;
 use crate::error::{ChatError, ChatResult};
 use crate::node::Node;
 use crate::session::check_content;
 
-#[derive(Debug, Deserialize)]
+/// A system message to one player. Unknown fields are refused.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"text": "your guild war starts in 10 minutes", "nonce": "war-7-reminder"}))]
 pub struct SystemMessageBody {
+    /// 1-2,000 characters.
     text: String,
+    /// Any JSON object, at most 1 KiB and nesting depth 8.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     meta: Option<Map<String, Value>>,
     /// Idempotency key: a retry with the same one stores nothing.
     #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9._:-]{1,64}$")]
     nonce: Option<String>,
 }
 
-#[derive(Serialize)]
+/// The id of the stored (or, with a repeated nonce, earlier) direct message.
+#[derive(Serialize, ToSchema)]
 pub struct SentBody {
     message_id: MessageId,
+    /// Present (and `true`) only when the `nonce` was seen before and
+    /// nothing new was stored.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[schema(required = false)]
     duplicate: bool,
 }
 
+/// Sends one player a message from the system sender (`system`, `--system-sender`).
+///
+/// Delivered and kept like a direct message: pushed to every connection of
+/// the user, kept in their mailbox when offline. Needs the `--admin-token`,
+/// or a JWT with the role `admin`.
+#[utoipa::path(
+    post,
+    path = "/v1/users/{user}/messages",
+    operation_id = "send_system_message",
+    tag = "publishing",
+    params(("user" = String, Path, description = "The recipient's user id", pattern = "^[A-Za-z0-9._:@-]{1,64}$")),
+    request_body = SystemMessageBody,
+    security(("admin_token" = []), ("bearer_jwt" = [])),
+    responses(
+        (status = 201, description = "Stored and delivered", body = SentBody),
+        (status = 200, description = "A repeated `nonce`: nothing new was stored; the first message's id, `duplicate: true`", body = SentBody),
+        (status = 400, description = "`bad_request`: invalid user id (or the system sender itself), malformed or unknown field in the body, empty text, bad `nonce`, `meta` not an object or too deep", body = ErrorResponse),
+        (status = 401, description = "`unauthorized`: no token, or neither the admin token nor a valid JWT", body = ErrorResponse),
+        (status = 403, description = "`forbidden`: a valid JWT without the role `admin`", body = ErrorResponse),
+        (status = 413, description = "`too_large`: text over 2,000 characters or `meta` over 1 KiB", body = ErrorResponse),
+        (status = 422, description = "`filtered`: the node's moderation rejects the text", body = ErrorResponse),
+        (status = 429, description = "`rate_limited`: the recipient gets more than `--dm-recipient-rate` messages per second", body = ErrorResponse),
+        (status = 503, description = "`unavailable`: the conversation's owner or storage could not be reached; not stored, retry", body = ErrorResponse),
+        (status = 504, description = "`timeout`: the outcome is unknown; retry with the same `nonce`", body = ErrorResponse),
+    ),
+)]
 #[tracing::instrument(skip(node, headers, body))]
 pub async fn send(
     State(node): State<Arc<Node>>,

@@ -15,10 +15,42 @@ use axum::extract::{ConnectInfo, Query, State, WebSocketUpgrade};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 
+use super::ErrorResponse;
 use crate::error::ChatError;
 use crate::node::Node;
 use crate::session::{self, identity::ConnectParams};
 
+/// The WebSocket upgrade of client protocol v1 (not a REST call).
+///
+/// After `101 Switching Protocols` the connection carries JSON text frames
+/// (requests with `op` and `id`, replies, pushes) as described in
+/// docs/protocol.md; OpenAPI cannot describe them. The token goes in
+/// `Authorization: Bearer <JWT>`, as the subprotocol `bearer.<JWT>` next to
+/// `shardchat.v1` (browsers), or as `?token=`. A dev-mode node (no JWT key)
+/// trusts `?user=` and `?roles=` instead. Refusals are plain HTTP responses
+/// with the JSON error body, before any WebSocket exists.
+#[utoipa::path(
+    get,
+    path = "/v1/ws",
+    operation_id = "websocket_upgrade",
+    tag = "websocket",
+    params(
+        ("token" = Option<String>, Query, description = "The JWT, when it cannot travel in a header or subprotocol"),
+        ("user" = Option<String>, Query, description = "Dev mode only: the trusted user id", pattern = "^[A-Za-z0-9._:@-]{1,64}$"),
+        ("roles" = Option<String>, Query, description = "Dev mode only: comma-separated roles"),
+        ("Sec-WebSocket-Protocol" = Option<String>, Header, description = "`shardchat.v1, bearer.<JWT>` from browsers; the node selects `shardchat.v1`"),
+    ),
+    security(("bearer_jwt" = []), ("token_query" = []), ()),
+    responses(
+        (status = 101, description = "Switched to the WebSocket protocol; JSON text frames follow (docs/protocol.md)"),
+        (status = 400, description = "`bad_request` (JSON) for a malformed query string; a request that is not a WebSocket handshake gets a plain-text reason from the upgrade layer",
+            content((ErrorResponse = "application/json"), (String = "text/plain"))),
+        (status = 401, description = "`unauthorized`: no, invalid or expired token (dev mode: no `?user=`)", body = ErrorResponse),
+        (status = 403, description = "`forbidden`: the `Origin` is not in `--allowed-origins`", body = ErrorResponse),
+        (status = 429, description = "`rate_limited`: too many connection attempts or open connections per IP, or open connections per user", body = ErrorResponse),
+        (status = 503, description = "`unavailable`: the node is shutting down; connect to another one", body = ErrorResponse),
+    ),
+)]
 pub async fn upgrade(
     State(node): State<Arc<Node>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
